@@ -1,0 +1,341 @@
+//! `anchises node` against real Cassandra 5.0 nodes on 127.0.0.x. Node-heavy: run
+//! with `--test-threads=1` (ops-scripts/test.sh does). Each test has its own
+//! addresses so a failed teardown of one cannot hold another's ports.
+
+use std::time::Duration;
+
+use anchises_integration::{balanced_tokens, cql, NodeSpec, TestNode};
+use serde_json::Value;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_node_starts_takes_writes_flushes_sstables_and_stops_cleanly() {
+    let mut node = TestNode::start(NodeSpec {
+        initial_token: Some("0".into()),
+        ..NodeSpec::new("single", 11)
+    })
+    .await;
+    let status = node.wait_normal().await;
+    assert_eq!(status["tokens"], serde_json::json!(["0"]));
+    assert_eq!(status["cassandra_version"], "5.0.9");
+    assert_eq!(status["dc"], "dc1");
+    assert_eq!(status["rack"], "rack1");
+    assert_eq!(status["native_transport_running"], true);
+    assert_eq!(status["live_nodes"], serde_json::json!(["127.0.0.11:7000"]));
+    assert!(status["uptime_seconds"].as_u64().is_some());
+    let jvm = node.cassandra_pid().expect("a cassandra pid file");
+    assert_eq!(status["pid"], jvm);
+
+    let session = cql(node.address).await;
+    session
+        .query_unpaged(
+            "CREATE KEYSPACE it WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}",
+            (),
+        )
+        .await
+        .unwrap();
+    session
+        .query_unpaged("CREATE TABLE it.kv (k int PRIMARY KEY, v text)", ())
+        .await
+        .unwrap();
+    for k in 0..100i32 {
+        session
+            .query_unpaged(
+                "INSERT INTO it.kv (k, v) VALUES (?, ?)",
+                (k, format!("value {k}")),
+            )
+            .await
+            .unwrap();
+    }
+    let row = session
+        .query_unpaged("SELECT v FROM it.kv WHERE k = 42", ())
+        .await
+        .unwrap()
+        .into_rows_result()
+        .unwrap()
+        .single_row::<(String,)>()
+        .unwrap();
+    assert_eq!(row.0, "value 42");
+
+    // No SSTable before the flush: the writes sit in the memtable.
+    let table_dir = || {
+        anchises_backup::layout::table_dirs(&node.data_dir(), "it")
+            .unwrap()
+            .into_iter()
+            .find(|t| t.table == "kv")
+            .expect("it.kv has a directory")
+    };
+    let data_files = |dir: &std::path::Path| -> Vec<_> {
+        anchises_backup::layout::sstable_components(dir)
+            .unwrap()
+            .into_iter()
+            .filter(|p| p.to_string_lossy().ends_with("-Data.db"))
+            .collect()
+    };
+    assert!(data_files(&table_dir().path).is_empty());
+    let job = node.action("flush", Some(r#"{"keyspace": "it"}"#)).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["kind"], "node.flush");
+    assert_eq!(data_files(&table_dir().path).len(), 1);
+    // Incremental backups are on: the flush hard-linked the SSTable into backups/.
+    assert!(table_dir().path.join("backups").read_dir().unwrap().count() > 0);
+
+    drop(session);
+    assert!(node.stop(), "the sidecar exits 0 after SIGTERM");
+    assert!(
+        TestNode::wait_gone(jvm, Duration::from_secs(5)),
+        "no JVM is left after the sidecar stopped"
+    );
+    // It drained: the system log says so before the JVM exited.
+    let log = std::fs::read_to_string(node.dir.join("logs/system.log")).unwrap();
+    assert!(
+        log.contains("DRAINED"),
+        "cassandra was drained before it stopped"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_nodes_with_balanced_tokens_form_a_ring() {
+    let tokens = balanced_tokens(3);
+    let seed = "127.0.0.21".to_string();
+    let mut nodes = Vec::new();
+    for (i, token) in tokens.iter().enumerate() {
+        nodes.push(
+            TestNode::start(NodeSpec {
+                initial_token: Some(token.clone()),
+                seeds: vec![seed.clone()],
+                ..NodeSpec::new("ring", 21 + i as u8)
+            })
+            .await,
+        );
+    }
+    for node in &nodes {
+        node.wait_normal().await;
+    }
+    // Gossip needs a moment after NORMAL for every node to see every other as UP.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let ring = loop {
+        let (status, ring) = nodes[2].get("/v1/node/ring").await;
+        assert_eq!(status, 200, "{ring}");
+        let endpoints = ring["endpoints"].as_array().unwrap();
+        if endpoints.len() == 3
+            && endpoints
+                .iter()
+                .all(|e| e["status"] == "UP" && e["state"] == "NORMAL")
+        {
+            break ring;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ring never settled: {ring}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    let owners: Vec<(String, String)> = ring["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["token"].as_str().unwrap().to_string(),
+                t["endpoint"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let expected: Vec<(String, String)> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), format!("127.0.0.{}:7000", 21 + i)))
+        .collect();
+    assert_eq!(owners, expected);
+    for e in ring["endpoints"].as_array().unwrap() {
+        // Without a keyspace of RF > 1, ownership is the token range share: a third.
+        let owns = e["ownership"].as_f64().unwrap();
+        assert!((owns - 1.0 / 3.0).abs() < 0.01, "{e}");
+        assert!(e["host_id"].is_string());
+    }
+    for node in &nodes {
+        let (_, status) = node.get("/v1/node").await;
+        assert_eq!(
+            status["live_nodes"].as_array().unwrap().len(),
+            3,
+            "{status}"
+        );
+        assert_eq!(status["unreachable_nodes"], serde_json::json!([]));
+    }
+    for node in &mut nodes {
+        assert!(node.stop());
+    }
+}
+
+async fn wait_process(node: &TestNode, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let p = node.process().await;
+        if pred(&p) {
+            return p;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waiting for {what}: {p}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_cassandra_is_restarted_within_the_hourly_bound_and_reported() {
+    let mut node = TestNode::start(NodeSpec {
+        initial_token: Some("0".into()),
+        max_restarts_per_hour: 1,
+        ..NodeSpec::new("restart", 31)
+    })
+    .await;
+    node.wait_normal().await;
+    let first = node.cassandra_pid().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let p = wait_process(&node, "a restart", |p| {
+        p["restarts"] == 1 && p["state"] == "running"
+    })
+    .await;
+    assert!(p["last_exit"].as_str().unwrap().contains("SIGKILL"), "{p}");
+    let status = node.wait_normal().await;
+    assert_eq!(status["restarts"], 1);
+    let second = node.cassandra_pid().unwrap();
+    assert_ne!(first, second);
+    let (_, metrics) = node.get_text("/metrics").await;
+    assert!(
+        metrics.contains("anchises_cassandra_restarts 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("anchises_cassandra_up 1"), "{metrics}");
+
+    // A second death within the hour exceeds max_restarts_per_hour = 1: it stays down.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(second),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let p = wait_process(&node, "giving up", |p| p["state"] == "failed").await;
+    assert!(
+        p["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_restarts_per_hour"),
+        "{p}"
+    );
+    let (status, body) = node.get("/v1/node").await;
+    assert_eq!(status, 503);
+    assert!(body["error"].as_str().unwrap().contains("failed"), "{body}");
+
+    // An explicit start brings it back.
+    let job = node.action("start", None).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["result"]["operation_mode"], "NORMAL");
+
+    // A sidecar killed with SIGKILL takes its JVM with it.
+    let third = node.cassandra_pid().unwrap();
+    node.kill_sidecar();
+    assert!(
+        TestNode::wait_gone(third, Duration::from_secs(90)),
+        "the JVM outlived its sidecar"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_requests_get_json_errors_with_the_right_status() {
+    let node = TestNode::start(NodeSpec {
+        auto_start: false,
+        initial_token: Some("0".into()),
+        ..NodeSpec::new("errors", 41)
+    })
+    .await;
+    let expect = |status: u16, body: &Value, want: u16, words: &str| {
+        assert_eq!(status, want, "{body}");
+        let msg = body["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error field in {body}"));
+        assert!(msg.contains(words), "{msg:?} should mention {words:?}");
+    };
+    // Cassandra down.
+    let (s, b) = node.get("/v1/node").await;
+    expect(s, &b, 503, "not running");
+    let (s, b) = node.get("/v1/node/ring").await;
+    expect(s, &b, 503, "not running");
+    let (s, _, b) = node.request("POST", "/v1/node/drain", None).await;
+    expect(s, &b, 503, "not running");
+    let (s, _, b) = node.request("POST", "/v1/node/stop", None).await;
+    expect(s, &b, 409, "not running");
+    // Routing.
+    let (s, _, b) = node.request("GET", "/v1/nothing", None).await;
+    expect(s, &b, 404, "no route");
+    let (s, _, b) = node.request("DELETE", "/v1/node", None).await;
+    expect(s, &b, 405, "not allowed");
+    let (s, _, b) = node.request("GET", "/v1/node/start", None).await;
+    expect(s, &b, 405, "not allowed");
+    let (s, _, b) = node.request("POST", "/v1/node/reboot", None).await;
+    expect(s, &b, 404, "unknown node action");
+    // Bodies and ids.
+    let (s, _, b) = node
+        .request("POST", "/v1/node/flush", Some("{not json"))
+        .await;
+    expect(s, &b, 400, "bad request body");
+    let (s, _, b) = node
+        .request("POST", "/v1/node/flush", Some(r#"{"keyspace": 3}"#))
+        .await;
+    expect(s, &b, 400, "bad request body");
+    let (s, _, b) = node
+        .request("POST", "/v1/node/flush", Some(r#"{"keyspaces": "x"}"#))
+        .await;
+    expect(s, &b, 400, "unknown field");
+    let (s, _, b) = node
+        .request("POST", "/v1/node/start", Some(r#"{"keyspace": "x"}"#))
+        .await;
+    expect(s, &b, 400, "takes no keyspace");
+    let (s, b) = node.get("/v1/jobs/not-a-uuid").await;
+    expect(s, &b, 400, "not a UUID");
+    let (s, b) = node
+        .get("/v1/jobs/6a2f1c70-b1e0-11ee-9d3c-8b0e1f2a3b4c")
+        .await;
+    expect(s, &b, 404, "no job");
+    // The API describes itself and counts what it served.
+    let (s, doc) = node.get("/v1/openapi.json").await;
+    assert_eq!(s, 200);
+    for path in [
+        "/v1/node",
+        "/v1/node/ring",
+        "/v1/node/{action}",
+        "/v1/jobs/{id}",
+    ] {
+        assert!(doc["paths"].get(path).is_some(), "openapi lacks {path}");
+    }
+    let (s, metrics) = node.get_text("/metrics").await;
+    assert_eq!(s, 200);
+    assert!(
+        metrics.contains(r#"route="/v1/node/{action}",status="404""#),
+        "{metrics}"
+    );
+    assert!(metrics.contains("anchises_cassandra_up 0"), "{metrics}");
+
+    // A conflicting action while one runs: 409 naming the running job.
+    let (s, location, job) = node.request("POST", "/v1/node/start", None).await;
+    assert_eq!(s, 202, "{job}");
+    let location = location.unwrap();
+    assert_eq!(
+        location,
+        format!("/v1/jobs/{}", job["id"].as_str().unwrap())
+    );
+    let (s, _, b) = node.request("POST", "/v1/node/restart", None).await;
+    expect(s, &b, 409, job["id"].as_str().unwrap());
+    let done = node.wait_job(&location).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let (s, _, b) = node.request("POST", "/v1/node/start", None).await;
+    expect(s, &b, 409, "already running");
+    let (s, _, b) = node
+        .request("POST", "/v1/node/flush", Some(r#"{"keyspace": "nosuch"}"#))
+        .await;
+    expect(s, &b, 404, "does not exist");
+}

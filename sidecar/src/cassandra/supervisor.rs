@@ -1,0 +1,428 @@
+//! Supervision of the Cassandra JVM as a child process: start, stop (drain, SIGTERM,
+//! then SIGKILL after a timeout), restart with backoff when it dies unasked, bounded
+//! per hour. One task owns the child; everyone else sends it commands and reads its
+//! state from a watch channel. It does not judge Cassandra's health beyond "alive".
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde::Serialize;
+use tokio::process::{Child, Command};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+use utoipa::ToSchema;
+
+use super::files::{jvm_args, write_node_files, NodeLayout, Runtime};
+use super::jolokia::{Jolokia, STORAGE_SERVICE};
+use crate::config::Config;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ProcessState {
+    /// Not running and not meant to run.
+    Stopped,
+    /// The JVM is alive.
+    Running,
+    /// A stop is under way (drain, then exit).
+    Stopping,
+    /// It died unasked; a restart is scheduled.
+    BackingOff,
+    /// It died too often, or could not be started; it stays down until started again.
+    Failed,
+}
+
+/// What the supervisor reports about the process.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ProcessStatus {
+    pub state: ProcessState,
+    pub pid: Option<u32>,
+    /// When the current JVM was spawned (RFC 3339).
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>)]
+    pub started_at: Option<time::OffsetDateTime>,
+    #[serde(skip)]
+    pub started_instant: Option<Instant>,
+    /// Restarts the supervisor made after unasked exits, since the sidecar started.
+    pub restarts: u32,
+    /// How the last JVM ended, if one did.
+    pub last_exit: Option<String>,
+    /// Why the state is what it is, for `backing_off` and `failed`.
+    pub message: Option<String>,
+}
+
+impl ProcessStatus {
+    pub fn uptime(&self) -> Option<Duration> {
+        self.started_instant.map(|t| t.elapsed())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    #[error("cassandra is already running")]
+    AlreadyRunning,
+    #[error("cassandra is not running")]
+    NotRunning,
+    #[error("cannot start cassandra: {0}")]
+    Spawn(String),
+    #[error("the supervisor has shut down")]
+    Gone,
+}
+
+enum Cmd {
+    Start(oneshot::Sender<Result<u32, SupervisorError>>),
+    Stop(oneshot::Sender<Result<(), SupervisorError>>),
+}
+
+/// A handle to the supervisor task.
+#[derive(Clone)]
+pub struct Supervisor {
+    tx: mpsc::Sender<Cmd>,
+    status: watch::Receiver<ProcessStatus>,
+}
+
+impl Supervisor {
+    /// Spawns the supervisor task. When `shutdown` fires it stops Cassandra cleanly and
+    /// ends; `done` completes after that.
+    pub fn spawn(
+        config: Arc<Config>,
+        jolokia: Jolokia,
+        shutdown: CancellationToken,
+    ) -> (Supervisor, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(8);
+        let (status_tx, status) = watch::channel(ProcessStatus {
+            state: ProcessState::Stopped,
+            pid: None,
+            started_at: None,
+            started_instant: None,
+            restarts: 0,
+            last_exit: None,
+            message: None,
+        });
+        let task = Task {
+            layout: NodeLayout::new(&config.node.data_dir),
+            config,
+            jolokia,
+            status: status_tx,
+            child: None,
+            want_running: false,
+            restart_at: None,
+            recent_restarts: VecDeque::new(),
+        };
+        let handle = tokio::spawn(task.run(rx, shutdown));
+        (Supervisor { tx, status }, handle)
+    }
+
+    pub fn status(&self) -> ProcessStatus {
+        self.status.borrow().clone()
+    }
+
+    pub fn watch(&self) -> watch::Receiver<ProcessStatus> {
+        self.status.clone()
+    }
+
+    /// Spawns the JVM; returns its pid. Readiness is the caller's to wait for.
+    pub async fn start(&self) -> Result<u32, SupervisorError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Cmd::Start(reply))
+            .await
+            .map_err(|_| SupervisorError::Gone)?;
+        rx.await.map_err(|_| SupervisorError::Gone)?
+    }
+
+    /// Drains and stops the JVM; returns when it has exited.
+    pub async fn stop(&self) -> Result<(), SupervisorError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Cmd::Stop(reply))
+            .await
+            .map_err(|_| SupervisorError::Gone)?;
+        rx.await.map_err(|_| SupervisorError::Gone)?
+    }
+}
+
+struct Task {
+    config: Arc<Config>,
+    layout: NodeLayout,
+    jolokia: Jolokia,
+    status: watch::Sender<ProcessStatus>,
+    child: Option<Child>,
+    /// True between a start and a stop: an exit in between is unasked.
+    want_running: bool,
+    restart_at: Option<tokio::time::Instant>,
+    recent_restarts: VecDeque<Instant>,
+}
+
+impl Task {
+    async fn run(mut self, mut rx: mpsc::Receiver<Cmd>, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                cmd = rx.recv() => match cmd {
+                    None => break,
+                    Some(Cmd::Start(reply)) => {
+                        let r = self.start(true).await;
+                        let _ = reply.send(r);
+                    }
+                    Some(Cmd::Stop(reply)) => {
+                        let r = if self.child.is_none() && self.restart_at.is_none() {
+                            Err(SupervisorError::NotRunning)
+                        } else {
+                            self.stop().await;
+                            Ok(())
+                        };
+                        let _ = reply.send(r);
+                    }
+                },
+                exit = wait_child(&mut self.child) => self.on_exit(exit),
+                _ = sleep_until(self.restart_at) => {
+                    self.restart_at = None;
+                    if let Err(e) = self.start(false).await {
+                        error!(error = %e, "restart of cassandra failed");
+                    }
+                }
+            }
+        }
+        if self.child.is_some() {
+            info!("shutting down: draining and stopping cassandra");
+            self.stop().await;
+        }
+    }
+
+    /// `by_request`: an API or startup start (resets the restart budget), as opposed
+    /// to a supervisor restart.
+    async fn start(&mut self, by_request: bool) -> Result<u32, SupervisorError> {
+        if self.child.is_some() {
+            return Err(SupervisorError::AlreadyRunning);
+        }
+        if by_request {
+            self.recent_restarts.clear();
+            self.restart_at = None;
+        }
+        match self.spawn().await {
+            Ok(child) => {
+                let pid = child.id().unwrap_or(0);
+                // Cassandra only deletes its pid file on exit; writing it is the
+                // launcher's job (bin/cassandra does `echo $!`).
+                if let Err(e) = std::fs::write(self.layout.pid_file(), format!("{pid}\n")) {
+                    warn!(error = %e, "cannot write the cassandra pid file");
+                }
+                info!(pid, "cassandra started");
+                self.child = Some(child);
+                self.want_running = true;
+                self.status.send_modify(|s| {
+                    s.state = ProcessState::Running;
+                    s.pid = Some(pid);
+                    s.started_at = Some(time::OffsetDateTime::now_utc());
+                    s.started_instant = Some(Instant::now());
+                    s.message = None;
+                    if !by_request {
+                        s.restarts += 1;
+                    }
+                });
+                Ok(pid)
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                self.status.send_modify(|s| {
+                    s.state = ProcessState::Failed;
+                    s.message = Some(msg.clone());
+                });
+                Err(SupervisorError::Spawn(msg))
+            }
+        }
+    }
+
+    async fn spawn(&self) -> anyhow::Result<Child> {
+        let rt = Runtime::resolve(&self.config)?;
+        stop_leftover_jvm(&self.layout.pid_file(), &self.layout.yaml()).await;
+        write_node_files(&self.config, &self.layout)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.layout.stdout_log())?;
+        let mut cmd = Command::new(&rt.java);
+        cmd.args(jvm_args(&self.config, &self.layout, &rt))
+            .current_dir(&self.layout.root)
+            // Fewer glibc malloc arenas: RSS otherwise grows with thread count.
+            .env("MALLOC_ARENA_MAX", "4")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            // Its own process group: a Ctrl-C in a terminal reaches the sidecar only,
+            // which then drains and stops the JVM in order.
+            .process_group(0);
+        die_with_parent(&mut cmd);
+        Ok(cmd.spawn()?)
+    }
+
+    fn on_exit(&mut self, exit: std::io::Result<std::process::ExitStatus>) {
+        self.child = None;
+        let how = match exit {
+            Ok(status) => status.to_string(),
+            Err(e) => format!("wait failed: {e}"),
+        };
+        if !self.want_running {
+            self.status.send_modify(|s| {
+                s.state = ProcessState::Stopped;
+                s.pid = None;
+                s.started_instant = None;
+                s.last_exit = Some(how);
+            });
+            return;
+        }
+        let s = &self.config.supervisor;
+        let hour_ago = Instant::now() - Duration::from_secs(3600);
+        while self.recent_restarts.front().is_some_and(|t| *t < hour_ago) {
+            self.recent_restarts.pop_front();
+        }
+        if self.recent_restarts.len() as u32 >= s.max_restarts_per_hour {
+            self.want_running = false;
+            let msg = format!(
+                "cassandra exited ({how}) after {} restarts in the last hour; not restarting (supervisor.max_restarts_per_hour = {})",
+                self.recent_restarts.len(),
+                s.max_restarts_per_hour
+            );
+            error!("{msg}");
+            self.status.send_modify(|st| {
+                st.state = ProcessState::Failed;
+                st.pid = None;
+                st.started_instant = None;
+                st.last_exit = Some(how);
+                st.message = Some(msg);
+            });
+            return;
+        }
+        let n = self.recent_restarts.len() as u32;
+        let delay = s
+            .backoff_initial
+            .saturating_mul(2u32.saturating_pow(n))
+            .min(s.backoff_max);
+        self.recent_restarts.push_back(Instant::now());
+        warn!(exit = %how, delay = ?delay, "cassandra exited unasked; restarting");
+        self.restart_at = Some(tokio::time::Instant::now() + delay);
+        self.status.send_modify(|st| {
+            st.state = ProcessState::BackingOff;
+            st.pid = None;
+            st.started_instant = None;
+            st.last_exit = Some(how.clone());
+            st.message = Some(format!(
+                "cassandra exited unasked ({how}); restarting in {}",
+                humantime::format_duration(delay)
+            ));
+        });
+    }
+
+    /// Drain through JMX so that nothing needs replaying, then SIGTERM (which runs
+    /// Cassandra's own drain hook if ours failed), then SIGKILL after the timeout.
+    async fn stop(&mut self) {
+        self.want_running = false;
+        self.restart_at = None;
+        let Some(mut child) = self.child.take() else {
+            self.status.send_modify(|s| {
+                s.state = ProcessState::Stopped;
+                s.message = None;
+            });
+            return;
+        };
+        self.status
+            .send_modify(|s| s.state = ProcessState::Stopping);
+        let timeout = self.config.cassandra.stop_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        if let Err(e) = self
+            .jolokia
+            .exec(STORAGE_SERVICE, "drain()", vec![], timeout)
+            .await
+        {
+            warn!(error = %e, "drain before stop failed; stopping with SIGTERM");
+        }
+        if let Some(pid) = child.id() {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        }
+        let how = match tokio::time::timeout_at(deadline, child.wait()).await {
+            Ok(Ok(status)) => status.to_string(),
+            Ok(Err(e)) => format!("wait failed: {e}"),
+            Err(_) => {
+                warn!(timeout = ?timeout, "cassandra did not exit in time; sending SIGKILL");
+                let _ = child.kill().await;
+                "killed after the stop timeout".to_string()
+            }
+        };
+        info!(exit = %how, "cassandra stopped");
+        self.status.send_modify(|s| {
+            s.state = ProcessState::Stopped;
+            s.pid = None;
+            s.started_instant = None;
+            s.last_exit = Some(how);
+            s.message = None;
+        });
+    }
+}
+
+async fn wait_child(child: &mut Option<Child>) -> std::io::Result<std::process::ExitStatus> {
+    match child {
+        Some(c) => c.wait().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// If a previous sidecar was killed without its JVM (the death signal below covers
+/// almost every case), stop that JVM before starting a new one on the same data.
+/// Only a process whose command line names this node's yaml is touched.
+async fn stop_leftover_jvm(pid_file: &Path, yaml: &Path) {
+    let Some(pid) = std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+    else {
+        return;
+    };
+    let cmdline = std::fs::read(PathBuf::from(format!("/proc/{pid}/cmdline"))).unwrap_or_default();
+    let needle = format!("file://{}", yaml.display());
+    if !String::from_utf8_lossy(&cmdline).contains(&needle) {
+        return;
+    }
+    warn!(
+        pid,
+        "a cassandra of this node from an earlier run is still alive; stopping it"
+    );
+    let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+    for _ in 0..600 {
+        if kill(Pid::from_raw(pid), None).is_err() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+}
+
+/// Asks the kernel to SIGTERM the JVM when the sidecar dies, even by SIGKILL, so a
+/// sidecar never leaves a stray JVM behind. SIGTERM lets Cassandra run its drain hook.
+#[allow(unsafe_code)]
+fn die_with_parent(cmd: &mut Command) {
+    let parent = std::process::id();
+    // SAFETY: the closure runs between fork and exec and only makes two
+    // async-signal-safe system calls (prctl, getppid).
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)?;
+            // The parent may have died before prctl took effect.
+            if nix::unistd::getppid().as_raw() as u32 != parent {
+                return Err(std::io::Error::other("parent exited during spawn"));
+            }
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,113 @@
+//! The HTTP client behind the CLI commands. API errors come back as their
+//! `{"error": …}` message; a sidecar that is not there is said so plainly.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, bail};
+use serde_json::Value;
+
+pub struct ApiClient {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl ApiClient {
+    pub fn new(base: &str) -> Self {
+        Self {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("a reqwest client with static settings"),
+            base: base.trim_end_matches('/').to_string(),
+        }
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<(u16, Value)> {
+        let resp = req.send().await.map_err(|e| {
+            if e.is_connect() {
+                anyhow!(
+                    "no anchises sidecar answers at {} (is `anchises node` running? set --url)",
+                    self.base
+                )
+            } else {
+                anyhow!("request to {} failed: {e}", self.base)
+            }
+        })?;
+        let status = resp.status().as_u16();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        Ok((status, body))
+    }
+
+    fn check(status: u16, body: Value) -> anyhow::Result<Value> {
+        if status < 300 {
+            return Ok(body);
+        }
+        let msg = body["error"].as_str().unwrap_or("no error message");
+        bail!("{msg} (http {status})")
+    }
+
+    pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        let (status, body) = self
+            .send(self.http.get(format!("{}{path}", self.base)))
+            .await?;
+        Self::check(status, body)
+    }
+
+    /// Like `get`, but a 503 (Cassandra down) is `None` rather than an error.
+    pub async fn get_optional(&self, path: &str) -> anyhow::Result<Option<Value>> {
+        let (status, body) = self
+            .send(self.http.get(format!("{}{path}", self.base)))
+            .await?;
+        if status == 503 {
+            return Ok(None);
+        }
+        Self::check(status, body).map(Some)
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        let mut req = self.http.post(format!("{}{path}", self.base));
+        if !body.is_null() {
+            req = req.json(body);
+        }
+        let (status, body) = self.send(req).await?;
+        Self::check(status, body)
+    }
+
+    /// Polls a job until it is no longer running.
+    pub async fn wait_job(&self, job: &Value) -> anyhow::Result<Value> {
+        let id = job["id"]
+            .as_str()
+            .ok_or_else(|| anyhow!("no job id in {job}"))?;
+        loop {
+            let job = self.get(&format!("/v1/jobs/{id}")).await?;
+            if job["state"] != "running" {
+                return Ok(job);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Polls `GET /v1/node` until the node is NORMAL; tolerates a sidecar that is
+    /// not up yet and a Cassandra still starting.
+    pub async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let last = match self
+                .send(self.http.get(format!("{}/v1/node", self.base)))
+                .await
+            {
+                Ok((200, body)) if body["operation_mode"] == "NORMAL" => return Ok("NORMAL".into()),
+                Ok((200, body)) => format!("operation mode {}", body["operation_mode"]),
+                Ok((_, body)) => body["error"].as_str().unwrap_or("?").to_string(),
+                Err(e) => e.to_string(),
+            };
+            if tokio::time::Instant::now() >= deadline {
+                bail!(
+                    "node not NORMAL after {}: {last}",
+                    humantime::format_duration(timeout)
+                );
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! The command line: `anchises node` runs the sidecar; every other command is a
+//! client of a running sidecar's HTTP API (human output, or `--json` for scripts).
+
+mod client;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::{json, Value};
+
+use crate::config::{Config, DEFAULT_API_PORT};
+use client::ApiClient;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "anchises",
+    version,
+    about = "Runs Apache Cassandra nodes and clusters"
+)]
+pub struct Cli {
+    /// The sidecar API that client commands talk to.
+    #[arg(long, global = true, env = "ANCHISES_URL", default_value_t = format!("http://127.0.0.1:{DEFAULT_API_PORT}"))]
+    pub url: String,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the sidecar beside a Cassandra node; with an action, act on a running one.
+    Node(NodeArgs),
+    /// Show the node's status.
+    Status,
+    /// Show the ring: tokens, endpoints, state, load, ownership.
+    Ring,
+    /// Show the schema of the node.
+    Schema,
+    /// List jobs, or show one.
+    Jobs {
+        /// A job id; all jobs without one.
+        id: Option<String>,
+    },
+    /// Wait until the node is NORMAL (for bootstrap scripts).
+    WaitReady {
+        #[arg(long, default_value = "15m")]
+        timeout: humantime::Duration,
+    },
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct NodeArgs {
+    /// Configuration file (TOML); `ANCHISES_<SECTION>__<KEY>` variables override it.
+    #[arg(long, short, env = "ANCHISES_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub action: Option<NodeCommand>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Start Cassandra and wait until it is NORMAL.
+    Start(WaitArgs),
+    /// Drain and stop Cassandra.
+    Stop(WaitArgs),
+    /// Stop, then start and wait until NORMAL.
+    Restart(WaitArgs),
+    /// Drain Cassandra (flush everything, stop accepting writes).
+    Drain(WaitArgs),
+    /// Flush memtables to SSTables.
+    Flush {
+        /// Only this keyspace (all keyspaces without one).
+        #[arg(long, short)]
+        keyspace: Option<String>,
+        /// Only these tables of the keyspace.
+        #[arg(long, short, requires = "keyspace")]
+        table: Vec<String>,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// Return once the job is started instead of waiting for its end.
+    #[arg(long)]
+    pub no_wait: bool,
+}
+
+pub fn main(cli: Cli) -> ExitCode {
+    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let api = ApiClient::new(&cli.url);
+    let json_out = cli.json;
+    match cli.command {
+        Command::Node(NodeArgs {
+            config,
+            action: None,
+        }) => {
+            let config = Config::load(config.as_deref())?;
+            crate::init_tracing(&config);
+            crate::run(config).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Node(NodeArgs {
+            action: Some(action),
+            ..
+        }) => {
+            let (name, body, wait) = match action {
+                NodeCommand::Start(w) => ("start", Value::Null, w),
+                NodeCommand::Stop(w) => ("stop", Value::Null, w),
+                NodeCommand::Restart(w) => ("restart", Value::Null, w),
+                NodeCommand::Drain(w) => ("drain", Value::Null, w),
+                NodeCommand::Flush {
+                    keyspace,
+                    table,
+                    wait,
+                } => (
+                    "flush",
+                    json!({"keyspace": keyspace, "tables": table}),
+                    wait,
+                ),
+            };
+            let job = api.post(&format!("/v1/node/{name}"), &body).await?;
+            let job = if wait.no_wait {
+                job
+            } else {
+                api.wait_job(&job).await?
+            };
+            output::job(&job, json_out);
+            Ok(if job["state"] == "failed" {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Status => {
+            let process = api.get("/v1/node/process").await?;
+            let node = api.get_optional("/v1/node").await?;
+            output::status(&process, node.as_ref(), json_out);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ring => {
+            output::ring(&api.get("/v1/node/ring").await?, json_out);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Schema => {
+            output::schema(&api.get("/v1/node/schema").await?, json_out);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Jobs { id: Some(id) } => {
+            output::job(&api.get(&format!("/v1/jobs/{id}")).await?, json_out);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Jobs { id: None } => {
+            output::jobs(&api.get("/v1/jobs").await?, json_out);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::WaitReady { timeout } => {
+            let mode = api.wait_ready(Duration::from(timeout)).await?;
+            if json_out {
+                println!("{}", json!({"operation_mode": mode}));
+            } else {
+                println!("node is {mode}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,469 @@
+//! The sidecar's configuration: one typed struct, read from a TOML file, then
+//! overridden by `ANCHISES_<SECTION>__<KEY>` environment variables, then validated.
+//! Defaults run a single local node on 127.0.0.1 with everything under the data dir.
+//! This module only reads and checks configuration; it never touches Cassandra.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// The port the HTTP API listens on unless configured otherwise.
+pub const DEFAULT_API_PORT: u16 = 7878;
+/// The Cassandra version fetched by `ops-scripts/fetch-cassandra.sh` by default.
+pub const DEFAULT_CASSANDRA_VERSION: &str = "5.0.9";
+const JOLOKIA_AGENT_VERSION: &str = "2.6.0";
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub api: ApiConfig,
+    pub node: NodeConfig,
+    pub cassandra: CassandraConfig,
+    pub supervisor: SupervisorConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Address of the HTTP API. Loopback by default: the API can stop the node.
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    pub cluster_name: String,
+    pub dc: String,
+    pub rack: String,
+    /// Cassandra's `listen_address` and `rpc_address`.
+    pub address: IpAddr,
+    /// Everything of this node lives below: `data/`, `commitlog/`, `conf/`, `logs/`…
+    pub data_dir: PathBuf,
+    /// Seed addresses (`ip` or `ip:port`); empty means this node seeds itself.
+    pub seeds: Vec<String>,
+    /// Comma-separated tokens for `initial_token`; their count must equal `num_tokens`.
+    pub initial_token: Option<String>,
+    pub num_tokens: u32,
+    /// `allocate_tokens_for_local_replication_factor` when Cassandra picks vnode tokens.
+    pub allocate_tokens_for_rf: Option<u32>,
+    /// `auto_bootstrap`; unset leaves Cassandra's default (true).
+    pub auto_bootstrap: Option<bool>,
+    /// Started with `-Dcassandra.replace_address_first_boot` to take a dead node's place.
+    pub replace_address: Option<IpAddr>,
+    pub storage_port: u16,
+    pub native_port: u16,
+    /// JMX binds 127.0.0.1 only, so nodes sharing a machine need distinct ports.
+    pub jmx_port: u16,
+    /// The Jolokia agent binds 127.0.0.1 on this port.
+    pub jolokia_port: u16,
+    pub heap: ByteSize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CassandraConfig {
+    pub version: String,
+    /// A directory with `lib/*.jar` (as `fetch-cassandra.sh` lays it out); by default
+    /// `$ANCHISES_CACHE/cassandra/<version>`.
+    pub home: Option<PathBuf>,
+    /// A JDK 17; by default found under `/usr/lib/jvm` or from `java` on the PATH.
+    pub java_home: Option<PathBuf>,
+    /// The Jolokia JVM agent jar; by default the one `fetch-cassandra.sh` fetched.
+    pub jolokia_agent: Option<PathBuf>,
+    /// Extra JVM options, appended last.
+    pub jvm_opts: Vec<String>,
+    /// cassandra.yaml keys merged over the generated file, key by key.
+    pub yaml: toml::Table,
+    /// Shorter gossip settle and ring delay: for clusters on one machine (tests, dev).
+    pub fast_start: bool,
+    #[serde(with = "humantime_serde")]
+    pub start_timeout: Duration,
+    /// How long a drain plus a clean JVM exit may take before SIGKILL.
+    #[serde(with = "humantime_serde")]
+    pub stop_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SupervisorConfig {
+    /// Start Cassandra when the sidecar starts.
+    pub auto_start: bool,
+    /// Unplanned restarts allowed in any hour before the sidecar gives up.
+    pub max_restarts_per_hour: u32,
+    #[serde(with = "humantime_serde")]
+    pub backoff_initial: Duration,
+    #[serde(with = "humantime_serde")]
+    pub backoff_max: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `plain` or `json`.
+    pub format: LogFormat,
+    /// A tracing filter, e.g. `info` or `anchises=debug,info`.
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Plain,
+    Json,
+}
+
+/// The cache of fetched jars and tools, shared with the ops scripts.
+pub fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("ANCHISES_CACHE") {
+        return PathBuf::from(dir);
+    }
+    home_dir().join(".cache").join("anchises")
+}
+
+fn home_dir() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib"))
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), DEFAULT_API_PORT),
+        }
+    }
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            cluster_name: "anchises".into(),
+            dc: "dc1".into(),
+            rack: "rack1".into(),
+            address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            data_dir: home_dir().join(".local/share/anchises/node"),
+            seeds: Vec::new(),
+            initial_token: None,
+            num_tokens: 16,
+            allocate_tokens_for_rf: Some(3),
+            auto_bootstrap: None,
+            replace_address: None,
+            storage_port: 7000,
+            native_port: 9042,
+            jmx_port: 7199,
+            jolokia_port: 8778,
+            heap: ByteSize::mib(512),
+        }
+    }
+}
+
+impl Default for CassandraConfig {
+    fn default() -> Self {
+        Self {
+            version: DEFAULT_CASSANDRA_VERSION.into(),
+            home: None,
+            java_home: None,
+            jolokia_agent: None,
+            jvm_opts: Vec::new(),
+            yaml: toml::Table::new(),
+            fast_start: false,
+            start_timeout: Duration::from_secs(300),
+            stop_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+impl Default for SupervisorConfig {
+    fn default() -> Self {
+        Self {
+            auto_start: true,
+            max_restarts_per_hour: 6,
+            backoff_initial: Duration::from_secs(2),
+            backoff_max: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Plain,
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Defaults, then the TOML file (if any), then `ANCHISES_<SECTION>__<KEY>` variables;
+    /// then [`Config::validate`].
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_from(file, Env::prefixed("ANCHISES_"))
+    }
+
+    fn load_from(file: Option<&Path>, env: Env) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(ConfigError::Invalid(format!(
+                    "config file {} does not exist",
+                    file.display()
+                )));
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        // Only variables with a section separator are configuration: ANCHISES_CACHE,
+        // ANCHISES_URL and ANCHISES_CONFIG mean other things.
+        let env = env.filter(|key| key.as_str().contains("__")).split("__");
+        let config: Config = figment.merge(env).extract().map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Rejects values that would only fail later, inside Cassandra or at 3 a.m.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |msg: String| Err(ConfigError::Invalid(msg));
+        let n = &self.node;
+        for (what, value) in [
+            ("node.cluster_name", &n.cluster_name),
+            ("node.dc", &n.dc),
+            ("node.rack", &n.rack),
+        ] {
+            if value.is_empty()
+                || !value
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return bad(format!(
+                    "{what} must be non-empty letters, digits, '-' or '_', got {value:?}"
+                ));
+            }
+        }
+        if !n.data_dir.is_absolute() {
+            return bad(format!(
+                "node.data_dir must be an absolute path, got {}",
+                n.data_dir.display()
+            ));
+        }
+        if !(1..=256).contains(&n.num_tokens) {
+            return bad(format!(
+                "node.num_tokens must be 1 to 256, got {}",
+                n.num_tokens
+            ));
+        }
+        if let Some(tokens) = &n.initial_token {
+            let parsed: Vec<&str> = tokens.split(',').map(str::trim).collect();
+            for t in &parsed {
+                match t.parse::<i128>() {
+                    Ok(v) if v >= i64::MIN as i128 && v <= i64::MAX as i128 => {}
+                    _ => {
+                        return bad(format!(
+                            "node.initial_token: {t:?} is not a Murmur3 token (-2^63 to 2^63-1)"
+                        ))
+                    }
+                }
+            }
+            if parsed.len() != n.num_tokens as usize {
+                return bad(format!(
+                    "node.initial_token has {} token(s) but node.num_tokens is {}",
+                    parsed.len(),
+                    n.num_tokens
+                ));
+            }
+        }
+        for seed in &n.seeds {
+            if parse_seed(seed, n.storage_port).is_none() {
+                return bad(format!(
+                    "node.seeds: {seed:?} is not an IP address or ip:port"
+                ));
+            }
+        }
+        let ports = [
+            ("node.storage_port", n.storage_port),
+            ("node.native_port", n.native_port),
+            ("node.jmx_port", n.jmx_port),
+            ("node.jolokia_port", n.jolokia_port),
+        ];
+        for (i, (a, pa)) in ports.iter().enumerate() {
+            if *pa == 0 {
+                return bad(format!("{a} must not be 0"));
+            }
+            for (b, pb) in &ports[i + 1..] {
+                if pa == pb {
+                    return bad(format!("{a} and {b} are both {pa}"));
+                }
+            }
+        }
+        if n.heap < ByteSize::mib(256) {
+            return bad(format!("node.heap must be at least 256MiB, got {}", n.heap));
+        }
+        let c = &self.cassandra;
+        if !c
+            .version
+            .split('.')
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            || c.version.split('.').count() != 3
+        {
+            return bad(format!(
+                "cassandra.version must look like 5.0.9, got {:?}",
+                c.version
+            ));
+        }
+        if c.start_timeout.is_zero() || c.stop_timeout.is_zero() {
+            return bad("cassandra.start_timeout and stop_timeout must be positive".into());
+        }
+        let s = &self.supervisor;
+        if s.backoff_initial.is_zero() || s.backoff_initial > s.backoff_max {
+            return bad(format!(
+                "supervisor.backoff_initial ({}) must be positive and at most backoff_max ({})",
+                humantime::format_duration(s.backoff_initial),
+                humantime::format_duration(s.backoff_max)
+            ));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return bad(format!(
+                "log.level is not a valid filter: {:?}",
+                self.log.level
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn cassandra_home(&self) -> PathBuf {
+        self.cassandra
+            .home
+            .clone()
+            .unwrap_or_else(|| cache_dir().join("cassandra").join(&self.cassandra.version))
+    }
+
+    pub fn jolokia_agent(&self) -> PathBuf {
+        self.cassandra.jolokia_agent.clone().unwrap_or_else(|| {
+            cache_dir().join("jolokia").join(format!(
+                "jolokia-agent-jvm-{JOLOKIA_AGENT_VERSION}-javaagent.jar"
+            ))
+        })
+    }
+
+    /// Seeds as `ip:port` strings for the seed provider.
+    pub fn seed_list(&self) -> Vec<String> {
+        let n = &self.node;
+        if n.seeds.is_empty() {
+            return vec![SocketAddr::new(n.address, n.storage_port).to_string()];
+        }
+        n.seeds
+            .iter()
+            .filter_map(|s| parse_seed(s, n.storage_port))
+            .map(|a| a.to_string())
+            .collect()
+    }
+}
+
+fn parse_seed(seed: &str, default_port: u16) -> Option<SocketAddr> {
+    seed.parse::<SocketAddr>().ok().or_else(|| {
+        seed.parse::<IpAddr>()
+            .ok()
+            .map(|ip| SocketAddr::new(ip, default_port))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // figment's own error type is what Jail's closure must return.
+    #[allow(clippy::result_large_err)]
+    fn load(toml: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("anchises.toml", toml)?;
+            for (k, v) in env {
+                jail.set_env(k, v);
+            }
+            let result = Config::load(Some(Path::new("anchises.toml")));
+            // Jail wants a figment error type; hand the outcome out through a side channel.
+            RESULT.with(|r| *r.borrow_mut() = Some(result));
+            Ok(())
+        });
+        RESULT.with(|r| r.borrow_mut().take().unwrap())
+    }
+
+    thread_local! {
+        static RESULT: std::cell::RefCell<Option<Result<Config, ConfigError>>> = const { std::cell::RefCell::new(None) };
+    }
+
+    #[test]
+    fn defaults_are_valid_and_local() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert_eq!(c.api.listen.to_string(), "127.0.0.1:7878");
+        assert_eq!(c.seed_list(), ["127.0.0.1:7000"]);
+    }
+
+    #[test]
+    fn file_then_environment_overrides() {
+        let c = load(
+            "[node]\ndc = \"east\"\nheap = \"1GiB\"\n[cassandra]\nstart_timeout = \"2m\"\n[cassandra.yaml]\nconcurrent_reads = 16\n",
+            &[("ANCHISES_NODE__RACK", "r2"), ("ANCHISES_URL", "http://x"), ("ANCHISES_API__LISTEN", "127.0.0.5:9000")],
+        )
+        .unwrap();
+        assert_eq!(c.node.dc, "east");
+        assert_eq!(c.node.rack, "r2");
+        assert_eq!(c.node.heap, ByteSize::gib(1));
+        assert_eq!(c.cassandra.start_timeout, Duration::from_secs(120));
+        assert_eq!(c.api.listen.to_string(), "127.0.0.5:9000");
+        assert_eq!(c.cassandra.yaml["concurrent_reads"].as_integer(), Some(16));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_rejected_with_the_key_named() {
+        let e = load("[node]\nrackk = \"x\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rackk"), "{e}");
+        let e = load("[node]\nnum_tokens = 2\ninitial_token = \"1\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("initial_token has 1 token(s)"), "{e}");
+        let e = load(
+            "[node]\ninitial_token = \"99999999999999999999\"\nnum_tokens = 1\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("not a Murmur3 token"), "{e}");
+        let e = load("[node]\njmx_port = 7000\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("node.storage_port and node.jmx_port"), "{e}");
+        let e = load("[node]\ndc = \"a b\"\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("node.dc"), "{e}");
+        let e = load("[supervisor]\nbackoff_initial = \"2m\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("backoff_initial"), "{e}");
+        let e = load("[node]\nseeds = [\"nope\"]\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("node.seeds"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_config_file_is_an_error() {
+        let e = Config::load(Some(Path::new("/nonexistent/anchises.toml")))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("does not exist"), "{e}");
+    }
+}

@@ -1,0 +1,122 @@
+//! Anchises: a sidecar that runs one Apache Cassandra node — generates its files,
+//! supervises its JVM, and serves a local HTTP API to inspect and operate it — and
+//! the `anchises` command-line client of that API.
+#![deny(unsafe_code)]
+
+pub mod cassandra;
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod jobs;
+pub mod metrics;
+pub mod node;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::cassandra::cql::Cql;
+use crate::cassandra::jolokia::Jolokia;
+use crate::cassandra::supervisor::Supervisor;
+use crate::config::{Config, LogFormat};
+use crate::node::{FlushRequest, Node, NodeAction};
+
+pub fn init_tracing(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Plain => builder.init(),
+    }
+}
+
+/// Runs the sidecar until SIGTERM or SIGINT; then drains and stops Cassandra, and
+/// only then stops serving the API.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let listener = tokio::net::TcpListener::bind(config.api.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (api.listen)", config.api.listen))?;
+    let jobs_cancel = CancellationToken::new();
+    let supervisor_shutdown = CancellationToken::new();
+    let http_shutdown = CancellationToken::new();
+
+    let jolokia = Jolokia::new(config.node.jolokia_port, Duration::from_secs(10));
+    let (supervisor, supervisor_done) =
+        Supervisor::spawn(config.clone(), jolokia.clone(), supervisor_shutdown.clone());
+    let node = Arc::new(Node {
+        cql: Cql::new(std::net::SocketAddr::new(
+            config.node.address,
+            config.node.native_port,
+        )),
+        config: config.clone(),
+        supervisor,
+        jolokia,
+    });
+    let jobs = jobs::Jobs::new(jobs_cancel.clone());
+    let state = http::AppState {
+        node: node.clone(),
+        jobs: jobs.clone(),
+        metrics: Arc::new(metrics::Metrics::default()),
+    };
+    info!(api = %config.api.listen, address = %config.node.address, data_dir = %config.node.data_dir.display(), "anchises node sidecar started");
+    if config.supervisor.auto_start {
+        let n = node.clone();
+        jobs.start("node", "node.start", move |cancel| async move {
+            n.run_action(NodeAction::Start, FlushRequest::default(), cancel)
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .expect("no job runs yet");
+    }
+    let server = tokio::spawn({
+        let http_shutdown = http_shutdown.clone();
+        async move {
+            axum::serve(listener, http::router(state))
+                .with_graceful_shutdown(http_shutdown.cancelled_owned())
+                .await
+        }
+    });
+
+    wait_for_signal().await;
+    info!("signal received; stopping cassandra, then the api");
+    jobs_cancel.cancel();
+    supervisor_shutdown.cancel();
+    log_if_slow("stopping cassandra", supervisor_done).await;
+    http_shutdown.cancel();
+    log_if_slow("stopping the api", server).await;
+    log_if_slow("finishing jobs", jobs.wait()).await;
+    info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("a SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("a SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+}
+
+/// Awaits a shutdown step, and says so every 30 s while it hangs.
+async fn log_if_slow<F: std::future::Future>(what: &str, fut: F) {
+    tokio::pin!(fut);
+    let mut waited = 0;
+    loop {
+        tokio::select! {
+            _ = &mut fut => return,
+            _ = tokio::time::sleep(Duration::from_secs(30)) => {
+                waited += 30;
+                warn!(step = what, waited_seconds = waited, "shutdown step is still running");
+            }
+        }
+    }
+}

@@ -1,0 +1,554 @@
+//! The local node as the API sees it: its status and ring read through Jolokia, and
+//! the actions on it (start, stop, restart, drain, flush) that jobs run. It combines
+//! the supervisor (is the JVM alive?) with Cassandra's own view (is it NORMAL?).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+use utoipa::ToSchema;
+
+use crate::cassandra::cql::{Cql, CqlError, SchemaElement};
+use crate::cassandra::jolokia::{Jolokia, JolokiaError, Request, STORAGE_SERVICE};
+use crate::cassandra::supervisor::{ProcessState, ProcessStatus, Supervisor, SupervisorError};
+use crate::config::Config;
+
+const SNITCH: &str = "org.apache.cassandra.db:type=EndpointSnitchInfo";
+const STORAGE_LOAD: &str = "org.apache.cassandra.metrics:type=Storage,name=Load";
+const FAILURE_DETECTOR: &str = "org.apache.cassandra.net:type=FailureDetector";
+const QUICK: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The JVM is not running, or not answering yet.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error(transparent)]
+    Jolokia(#[from] JolokiaError),
+    #[error(transparent)]
+    Cql(#[from] CqlError),
+    #[error(transparent)]
+    Supervisor(#[from] SupervisorError),
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// `GET /v1/node`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NodeStatus {
+    /// STARTING, NORMAL, JOINING, LEAVING, DECOMMISSIONED, MOVING, DRAINING, DRAINED…
+    pub operation_mode: String,
+    pub joined: bool,
+    pub cassandra_version: String,
+    pub cluster_name: String,
+    pub host_id: String,
+    pub address: String,
+    pub dc: String,
+    pub rack: String,
+    pub tokens: Vec<String>,
+    pub live_nodes: Vec<String>,
+    pub unreachable_nodes: Vec<String>,
+    pub joining_nodes: Vec<String>,
+    pub leaving_nodes: Vec<String>,
+    /// Bytes of live data on this node.
+    pub load_bytes: u64,
+    pub native_transport_running: bool,
+    pub pid: Option<u32>,
+    pub uptime_seconds: Option<u64>,
+    /// Restarts the sidecar made after Cassandra died unasked.
+    pub restarts: u32,
+}
+
+/// One endpoint of the ring, as `GET /v1/node/ring` reports it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RingEndpoint {
+    pub endpoint: String,
+    pub host_id: Option<String>,
+    /// UP or DOWN (failure detector).
+    pub status: String,
+    /// NORMAL, JOINING or LEAVING.
+    pub state: String,
+    pub load: Option<String>,
+    /// Fraction of the ring this endpoint owns (0–1).
+    pub ownership: Option<f64>,
+    pub tokens: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TokenOwner {
+    pub token: String,
+    pub endpoint: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Ring {
+    /// Every token in ring order with its owner.
+    pub tokens: Vec<TokenOwner>,
+    pub endpoints: Vec<RingEndpoint>,
+}
+
+/// Body of `POST /v1/node/flush`; all keyspaces when empty.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FlushRequest {
+    pub keyspace: Option<String>,
+    #[serde(default)]
+    pub tables: Vec<String>,
+}
+
+pub struct Node {
+    pub config: Arc<Config>,
+    pub supervisor: Supervisor,
+    pub jolokia: Jolokia,
+    pub cql: Cql,
+}
+
+impl Node {
+    /// Fails with `Unavailable` unless the JVM is alive; the message says why not.
+    fn require_running(&self) -> Result<ProcessStatus, NodeError> {
+        let p = self.supervisor.status();
+        if p.state == ProcessState::Running {
+            return Ok(p);
+        }
+        let mut msg = format!(
+            "cassandra is not running (process state: {})",
+            serde_json::to_value(p.state)
+                .unwrap_or_default()
+                .as_str()
+                .unwrap_or("?")
+        );
+        if let Some(why) = &p.message {
+            msg.push_str(": ");
+            msg.push_str(why);
+        }
+        Err(NodeError::Unavailable(msg))
+    }
+
+    /// While the JVM starts, the Jolokia agent is up before Cassandra registers its
+    /// MBeans: both "nothing listens" and "no such MBean" mean "not ready yet".
+    fn unreachable_while_starting(e: JolokiaError) -> NodeError {
+        match e {
+            JolokiaError::Unreachable { .. } | JolokiaError::Timeout(_) => {
+                NodeError::Unavailable(format!("cassandra is running but not answering yet ({e})"))
+            }
+            JolokiaError::Remote { ref error_type, .. }
+                if error_type.ends_with("InstanceNotFoundException") =>
+            {
+                NodeError::Unavailable("cassandra is starting".into())
+            }
+            other => other.into(),
+        }
+    }
+
+    pub async fn status(&self) -> Result<NodeStatus, NodeError> {
+        let process = self.require_running()?;
+        let answers = self
+            .jolokia
+            .bulk(
+                vec![
+                    Request::read_many(
+                        STORAGE_SERVICE,
+                        &[
+                            "OperationMode",
+                            "Joined",
+                            "ReleaseVersion",
+                            "ClusterName",
+                            "Tokens",
+                            "LocalHostId",
+                            "LiveNodesWithPort",
+                            "UnreachableNodesWithPort",
+                            "JoiningNodesWithPort",
+                            "LeavingNodesWithPort",
+                            "NativeTransportRunning",
+                        ],
+                    ),
+                    Request::read_many(SNITCH, &["Datacenter", "Rack"]),
+                    Request::read(STORAGE_LOAD, "Count"),
+                ],
+                QUICK,
+            )
+            .await
+            .map_err(Self::unreachable_while_starting)?;
+        let mut answers = answers.into_iter();
+        let ss = answers
+            .next()
+            .expect("three answers")
+            .map_err(Self::unreachable_while_starting)?;
+        // The snitch MBean and the metrics register late in startup.
+        let snitch = answers.next().expect("three answers").unwrap_or_default();
+        let load = answers.next().expect("three answers").unwrap_or_default();
+        Ok(NodeStatus {
+            operation_mode: str_of(&ss["OperationMode"]),
+            joined: ss["Joined"].as_bool().unwrap_or(false),
+            cassandra_version: str_of(&ss["ReleaseVersion"]),
+            cluster_name: str_of(&ss["ClusterName"]),
+            host_id: str_of(&ss["LocalHostId"]),
+            address: self.config.node.address.to_string(),
+            dc: str_of(&snitch["Datacenter"]),
+            rack: str_of(&snitch["Rack"]),
+            tokens: strings(&ss["Tokens"]),
+            live_nodes: strings(&ss["LiveNodesWithPort"]),
+            unreachable_nodes: strings(&ss["UnreachableNodesWithPort"]),
+            joining_nodes: strings(&ss["JoiningNodesWithPort"]),
+            leaving_nodes: strings(&ss["LeavingNodesWithPort"]),
+            load_bytes: load.as_u64().unwrap_or(0),
+            native_transport_running: ss["NativeTransportRunning"].as_bool().unwrap_or(false),
+            pid: process.pid,
+            uptime_seconds: process.uptime().map(|d| d.as_secs()),
+            restarts: process.restarts,
+        })
+    }
+
+    pub async fn ring(&self) -> Result<Ring, NodeError> {
+        self.require_running()?;
+        let answers = self
+            .jolokia
+            .bulk(
+                vec![
+                    Request::read_many(
+                        STORAGE_SERVICE,
+                        &[
+                            "TokenToEndpointWithPortMap",
+                            "OwnershipWithPort",
+                            "LoadMapWithPort",
+                            "HostIdToEndpointWithPort",
+                            "JoiningNodesWithPort",
+                            "LeavingNodesWithPort",
+                        ],
+                    ),
+                    Request::read(FAILURE_DETECTOR, "SimpleStatesWithPort"),
+                ],
+                QUICK,
+            )
+            .await
+            .map_err(Self::unreachable_while_starting)?;
+        let mut answers = answers.into_iter();
+        let ss = answers
+            .next()
+            .expect("two answers")
+            .map_err(Self::unreachable_while_starting)?;
+        let fd = answers.next().expect("two answers").unwrap_or_default();
+        Ok(build_ring(&ss, &fd))
+    }
+
+    pub async fn schema(&self) -> Result<Vec<SchemaElement>, NodeError> {
+        self.require_running()?;
+        Ok(self.cql.describe_schema().await?)
+    }
+
+    /// Checks a flush names a keyspace that exists, before a job is started for it.
+    pub async fn precheck_flush(&self, req: &FlushRequest) -> Result<(), NodeError> {
+        if req.keyspace.is_none() && !req.tables.is_empty() {
+            return Err(NodeError::BadRequest(
+                "tables given without a keyspace".into(),
+            ));
+        }
+        if let Some(ks) = &req.keyspace {
+            let keyspaces = self
+                .jolokia
+                .read(STORAGE_SERVICE, "Keyspaces")
+                .await
+                .map_err(Self::unreachable_while_starting)?;
+            if !strings(&keyspaces).contains(ks) {
+                return Err(NodeError::NotFound(format!(
+                    "keyspace {ks:?} does not exist"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks an action can start now, so that the API answers 409/503 at once
+    /// instead of failing inside a job.
+    pub fn precheck(&self, action: NodeAction) -> Result<(), NodeError> {
+        let state = self.supervisor.status().state;
+        match action {
+            NodeAction::Start if state == ProcessState::Running => {
+                Err(SupervisorError::AlreadyRunning.into())
+            }
+            NodeAction::Stop if matches!(state, ProcessState::Stopped | ProcessState::Failed) => {
+                Err(SupervisorError::NotRunning.into())
+            }
+            NodeAction::Drain | NodeAction::Flush => self.require_running().map(|_| ()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Runs an action to its end; `start` and `restart` wait for NORMAL.
+    pub async fn run_action(
+        &self,
+        action: NodeAction,
+        flush: FlushRequest,
+        cancel: CancellationToken,
+    ) -> Result<Value, NodeError> {
+        match action {
+            NodeAction::Start => self.start_and_wait(cancel).await,
+            NodeAction::Stop => {
+                self.supervisor.stop().await?;
+                Ok(json!({"stopped": true}))
+            }
+            NodeAction::Restart => {
+                match self.supervisor.stop().await {
+                    Ok(()) | Err(SupervisorError::NotRunning) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                self.start_and_wait(cancel).await
+            }
+            NodeAction::Drain => {
+                self.require_running()?;
+                let timeout = self.config.cassandra.stop_timeout;
+                self.jolokia
+                    .exec(STORAGE_SERVICE, "drain()", vec![], timeout)
+                    .await?;
+                Ok(json!({"drained": true}))
+            }
+            NodeAction::Flush => self.flush(flush).await,
+        }
+    }
+
+    async fn start_and_wait(&self, cancel: CancellationToken) -> Result<Value, NodeError> {
+        let pid = self.supervisor.start().await?;
+        self.cql.reset().await;
+        let mode = self
+            .wait_for_mode("NORMAL", self.config.cassandra.start_timeout, cancel)
+            .await?;
+        Ok(json!({"pid": pid, "operation_mode": mode}))
+    }
+
+    /// Polls until the node reports `mode`; fails early if the JVM dies.
+    pub async fn wait_for_mode(
+        &self,
+        mode: &str,
+        timeout: Duration,
+        cancel: CancellationToken,
+    ) -> Result<String, NodeError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let p = self.supervisor.status();
+            if p.state != ProcessState::Running {
+                return Err(NodeError::Failed(format!(
+                    "cassandra exited while starting ({}); see {}",
+                    p.last_exit.as_deref().unwrap_or("no exit status"),
+                    crate::cassandra::files::NodeLayout::new(&self.config.node.data_dir)
+                        .logs
+                        .join("system.log")
+                        .display()
+                )));
+            }
+            if let Ok(v) = self.jolokia.read(STORAGE_SERVICE, "OperationMode").await {
+                if v.as_str() == Some(mode) {
+                    return Ok(mode.to_string());
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(NodeError::Failed(format!(
+                    "cassandra did not reach {mode} within {}",
+                    humantime::format_duration(timeout)
+                )));
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return Err(NodeError::Failed("cancelled".into())),
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    }
+
+    async fn flush(&self, req: FlushRequest) -> Result<Value, NodeError> {
+        self.require_running()?;
+        let keyspaces: Vec<String> = match &req.keyspace {
+            Some(ks) => vec![ks.clone()],
+            None => strings(&self.jolokia.read(STORAGE_SERVICE, "Keyspaces").await?),
+        };
+        let timeout = self.config.cassandra.stop_timeout;
+        for ks in &keyspaces {
+            self.jolokia
+                .exec(
+                    STORAGE_SERVICE,
+                    "forceKeyspaceFlush(java.lang.String,[Ljava.lang.String;)",
+                    vec![json!(ks), json!(req.tables)],
+                    timeout,
+                )
+                .await
+                .map_err(|e| match e {
+                    JolokiaError::Remote { error, .. } => {
+                        NodeError::BadRequest(format!("flush of {ks} failed: {error}"))
+                    }
+                    other => other.into(),
+                })?;
+        }
+        Ok(json!({"flushed_keyspaces": keyspaces}))
+    }
+}
+
+/// The actions of `POST /v1/node/{action}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeAction {
+    Start,
+    Stop,
+    Restart,
+    Drain,
+    Flush,
+}
+
+impl NodeAction {
+    pub const ALL: [NodeAction; 5] = [
+        NodeAction::Start,
+        NodeAction::Stop,
+        NodeAction::Restart,
+        NodeAction::Drain,
+        NodeAction::Flush,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            NodeAction::Start => "start",
+            NodeAction::Stop => "stop",
+            NodeAction::Restart => "restart",
+            NodeAction::Drain => "drain",
+            NodeAction::Flush => "flush",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<NodeAction> {
+        Self::ALL.into_iter().find(|a| a.name() == s)
+    }
+}
+
+fn str_of(v: &Value) -> String {
+    v.as_str().unwrap_or_default().to_string()
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// JMX maps key endpoints inconsistently: `127.0.0.1:7000` or `/127.0.0.1:7000`.
+fn endpoint_key(s: &str) -> String {
+    s.trim_start_matches('/').to_string()
+}
+
+fn build_ring(ss: &Value, fd: &Value) -> Ring {
+    let mut tokens: Vec<TokenOwner> = ss["TokenToEndpointWithPortMap"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(t, e)| TokenOwner {
+                    token: t.clone(),
+                    endpoint: endpoint_key(e.as_str().unwrap_or_default()),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    tokens.sort_by_key(|t| t.token.parse::<i128>().unwrap_or(i128::MAX));
+    let map_of = |v: &Value| -> BTreeMap<String, Value> {
+        v.as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (endpoint_key(k), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let ownership = map_of(&ss["OwnershipWithPort"]);
+    let load = map_of(&ss["LoadMapWithPort"]);
+    let states = map_of(fd);
+    let host_ids: BTreeMap<String, String> = ss["HostIdToEndpointWithPort"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(id, e)| (endpoint_key(e.as_str().unwrap_or_default()), id.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let joining: Vec<String> = strings(&ss["JoiningNodesWithPort"])
+        .iter()
+        .map(|e| endpoint_key(e))
+        .collect();
+    let leaving: Vec<String> = strings(&ss["LeavingNodesWithPort"])
+        .iter()
+        .map(|e| endpoint_key(e))
+        .collect();
+    let mut endpoints: BTreeMap<String, RingEndpoint> = BTreeMap::new();
+    for t in &tokens {
+        endpoints
+            .entry(t.endpoint.clone())
+            .or_insert_with(|| RingEndpoint {
+                endpoint: t.endpoint.clone(),
+                host_id: host_ids.get(&t.endpoint).cloned(),
+                status: states
+                    .get(&t.endpoint)
+                    .and_then(Value::as_str)
+                    .unwrap_or("UNKNOWN")
+                    .to_string(),
+                state: if joining.contains(&t.endpoint) {
+                    "JOINING"
+                } else if leaving.contains(&t.endpoint) {
+                    "LEAVING"
+                } else {
+                    "NORMAL"
+                }
+                .to_string(),
+                load: load
+                    .get(&t.endpoint)
+                    .and_then(Value::as_str)
+                    .map(String::from),
+                ownership: ownership.get(&t.endpoint).and_then(Value::as_f64),
+                tokens: Vec::new(),
+            })
+            .tokens
+            .push(t.token.clone());
+    }
+    Ring {
+        tokens,
+        endpoints: endpoints.into_values().collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_is_built_from_jmx_maps_with_either_endpoint_spelling() {
+        let ss = json!({
+            "TokenToEndpointWithPortMap": {"3074457345618258602": "127.0.0.2:7000", "-9223372036854775808": "127.0.0.1:7000"},
+            "OwnershipWithPort": {"/127.0.0.1:7000": 0.66, "/127.0.0.2:7000": 0.34},
+            "LoadMapWithPort": {"127.0.0.1:7000": "1 KiB", "127.0.0.2:7000": "2 KiB"},
+            "HostIdToEndpointWithPort": {"h1": "127.0.0.1:7000", "h2": "127.0.0.2:7000"},
+            "JoiningNodesWithPort": ["127.0.0.2:7000"],
+            "LeavingNodesWithPort": [],
+        });
+        let fd = json!({"/127.0.0.1:7000": "UP", "/127.0.0.2:7000": "DOWN"});
+        let ring = build_ring(&ss, &fd);
+        assert_eq!(ring.tokens[0].token, "-9223372036854775808");
+        assert_eq!(ring.tokens[0].endpoint, "127.0.0.1:7000");
+        let e2 = &ring.endpoints[1];
+        assert_eq!(e2.endpoint, "127.0.0.2:7000");
+        assert_eq!(e2.status, "DOWN");
+        assert_eq!(e2.state, "JOINING");
+        assert_eq!(e2.ownership, Some(0.34));
+        assert_eq!(e2.host_id.as_deref(), Some("h2"));
+        assert_eq!(ring.endpoints[0].load.as_deref(), Some("1 KiB"));
+    }
+
+    #[test]
+    fn actions_parse_by_name_only() {
+        assert_eq!(NodeAction::parse("flush"), Some(NodeAction::Flush));
+        assert_eq!(NodeAction::parse("Flush"), None);
+        assert_eq!(NodeAction::parse("reboot"), None);
+    }
+}

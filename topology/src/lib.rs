@@ -1,0 +1,2 @@
+//! Cluster topology: token math, slot layout, coordination.
+#![deny(unsafe_code)]
