@@ -97,7 +97,8 @@ impl NodeSpec {
         IpAddr::V4(Ipv4Addr::new(127, 0, 0, self.octet))
     }
 
-    fn toml(&self, dir: &Path) -> String {
+    /// The `anchises node` config for this node, with everything below `dir`.
+    pub fn toml(&self, dir: &Path) -> String {
         let mut t = format!(
             "[api]\nlisten = \"{addr}:7878\"\n\n[node]\ncluster_name = \"{cluster}\"\naddress = \"{addr}\"\ndata_dir = \"{dir}\"\njmx_port = {jmx}\njolokia_port = {jolokia}\nheap = \"512MiB\"\nauto_bootstrap = false\n",
             addr = self.address(),
@@ -132,7 +133,7 @@ pub struct TestNode {
     http: reqwest::Client,
 }
 
-fn test_root() -> PathBuf {
+pub fn test_root() -> PathBuf {
     std::env::var_os("ANCHISES_TEST_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| std::env::temp_dir().join("anchises-it"))
@@ -276,12 +277,12 @@ impl TestNode {
         }
     }
 
-    /// Waits until `GET /v1/node` says NORMAL; returns that status.
+    /// Waits until `GET /v1/node` says ready (NORMAL and serving CQL); returns it.
     pub async fn wait_normal(&self) -> Value {
         let deadline = Instant::now() + Duration::from_secs(240);
         loop {
             let (status, body) = self.get("/v1/node").await;
-            if status == 200 && body["operation_mode"] == "NORMAL" {
+            if status == 200 && body["ready"] == true {
                 return body;
             }
             assert!(

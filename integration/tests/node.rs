@@ -15,6 +15,7 @@ async fn one_node_starts_takes_writes_flushes_sstables_and_stops_cleanly() {
     })
     .await;
     let status = node.wait_normal().await;
+    assert_eq!(status["operation_mode"], "NORMAL");
     assert_eq!(status["tokens"], serde_json::json!(["0"]));
     assert_eq!(status["cassandra_version"], "5.0.9");
     assert_eq!(status["dc"], "dc1");
@@ -78,6 +79,53 @@ async fn one_node_starts_takes_writes_flushes_sstables_and_stops_cleanly() {
     assert_eq!(data_files(&table_dir().path).len(), 1);
     // Incremental backups are on: the flush hard-linked the SSTable into backups/.
     assert!(table_dir().path.join("backups").read_dir().unwrap().count() > 0);
+
+    // The schema over CQL, and the CLI over the API.
+    let (status, schema) = node.get("/v1/node/schema").await;
+    assert_eq!(status, 200, "{schema}");
+    let statements: Vec<&str> = schema
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["create_statement"].as_str().unwrap())
+        .collect();
+    assert!(
+        statements
+            .iter()
+            .any(|s| s.starts_with("CREATE TABLE it.kv")),
+        "{statements:?}"
+    );
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(anchises_integration::anchises_bin())
+            .args(["--url", &node.api])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (ok, out) = cli(&["--json", "status"]);
+    assert!(ok, "{out}");
+    let parsed: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(parsed["node"]["operation_mode"], "NORMAL");
+    assert_eq!(parsed["process"]["state"], "running");
+    let (ok, out) = cli(&["node", "flush", "--keyspace", "it", "--table", "kv"]);
+    assert!(ok && out.contains("succeeded"), "{out}");
+    let (ok, out) = cli(&["node", "flush", "--keyspace", "nosuch"]);
+    assert!(!ok, "flush of a missing keyspace fails: {out}");
+    let (ok, out) = cli(&["ring"]);
+    assert!(
+        ok && out.contains("127.0.0.11:7000") && out.contains("UP"),
+        "{out}"
+    );
+
+    // Drain: Cassandra keeps running, DRAINED, refusing writes.
+    let job = node.action("drain", None).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let (_, status) = node.get("/v1/node").await;
+    assert_eq!(status["operation_mode"], "DRAINED");
 
     drop(session);
     assert!(node.stop(), "the sidecar exits 0 after SIGTERM");
@@ -153,14 +201,18 @@ async fn three_nodes_with_balanced_tokens_form_a_ring() {
         assert!((owns - 1.0 / 3.0).abs() < 0.01, "{e}");
         assert!(e["host_id"].is_string());
     }
+    // Every node comes to see all three as live (gossip spreads in a few seconds).
     for node in &nodes {
-        let (_, status) = node.get("/v1/node").await;
-        assert_eq!(
-            status["live_nodes"].as_array().unwrap().len(),
-            3,
-            "{status}"
-        );
-        assert_eq!(status["unreachable_nodes"], serde_json::json!([]));
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let (_, status) = node.get("/v1/node").await;
+            if status["live_nodes"].as_array().unwrap().len() == 3 {
+                assert_eq!(status["unreachable_nodes"], serde_json::json!([]));
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{status}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
     for node in &mut nodes {
         assert!(node.stop());
@@ -334,6 +386,15 @@ async fn bad_requests_get_json_errors_with_the_right_status() {
     assert_eq!(done["state"], "succeeded", "{done}");
     let (s, _, b) = node.request("POST", "/v1/node/start", None).await;
     expect(s, &b, 409, "already running");
+    // Restart: a new JVM, NORMAL again; not counted as an unasked restart.
+    let before = node.cassandra_pid().unwrap();
+    let job = node.action("restart", None).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["result"]["operation_mode"], "NORMAL");
+    let after = node.cassandra_pid().unwrap();
+    assert_ne!(before, after);
+    assert!(!TestNode::is_alive(before));
+    assert_eq!(node.process().await["restarts"], 0);
     let (s, _, b) = node
         .request("POST", "/v1/node/flush", Some(r#"{"keyspace": "nosuch"}"#))
         .await;

@@ -43,6 +43,8 @@ pub enum NodeError {
 /// `GET /v1/node`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct NodeStatus {
+    /// NORMAL and serving CQL: what a bootstrap script waits for.
+    pub ready: bool,
     /// STARTING, NORMAL, JOINING, LEAVING, DECOMMISSIONED, MOVING, DRAINING, DRAINED…
     pub operation_mode: String,
     pub joined: bool,
@@ -184,8 +186,11 @@ impl Node {
         // The snitch MBean and the metrics register late in startup.
         let snitch = answers.next().expect("three answers").unwrap_or_default();
         let load = answers.next().expect("three answers").unwrap_or_default();
+        let operation_mode = str_of(&ss["OperationMode"]);
+        let native_transport_running = ss["NativeTransportRunning"].as_bool().unwrap_or(false);
         Ok(NodeStatus {
-            operation_mode: str_of(&ss["OperationMode"]),
+            ready: operation_mode == "NORMAL" && native_transport_running,
+            operation_mode,
             joined: ss["Joined"].as_bool().unwrap_or(false),
             cassandra_version: str_of(&ss["ReleaseVersion"]),
             cluster_name: str_of(&ss["ClusterName"]),
@@ -199,7 +204,7 @@ impl Node {
             joining_nodes: strings(&ss["JoiningNodesWithPort"]),
             leaving_nodes: strings(&ss["LeavingNodesWithPort"]),
             load_bytes: load.as_u64().unwrap_or(0),
-            native_transport_running: ss["NativeTransportRunning"].as_bool().unwrap_or(false),
+            native_transport_running,
             pid: process.pid,
             uptime_seconds: process.uptime().map(|d| d.as_secs()),
             restarts: process.restarts,
@@ -316,19 +321,18 @@ impl Node {
     async fn start_and_wait(&self, cancel: CancellationToken) -> Result<Value, NodeError> {
         let pid = self.supervisor.start().await?;
         self.cql.reset().await;
-        let mode = self
-            .wait_for_mode("NORMAL", self.config.cassandra.start_timeout, cancel)
+        self.wait_ready(self.config.cassandra.start_timeout, cancel)
             .await?;
-        Ok(json!({"pid": pid, "operation_mode": mode}))
+        Ok(json!({"pid": pid, "operation_mode": "NORMAL", "ready": true}))
     }
 
-    /// Polls until the node reports `mode`; fails early if the JVM dies.
-    pub async fn wait_for_mode(
+    /// Polls until the node is NORMAL and serving CQL (Cassandra turns NORMAL a
+    /// moment before its native transport listens); fails early if the JVM dies.
+    pub async fn wait_ready(
         &self,
-        mode: &str,
         timeout: Duration,
         cancel: CancellationToken,
-    ) -> Result<String, NodeError> {
+    ) -> Result<(), NodeError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let p = self.supervisor.status();
@@ -342,14 +346,24 @@ impl Node {
                         .display()
                 )));
             }
-            if let Ok(v) = self.jolokia.read(STORAGE_SERVICE, "OperationMode").await {
-                if v.as_str() == Some(mode) {
-                    return Ok(mode.to_string());
+            if let Ok(v) = self
+                .jolokia
+                .one(
+                    Request::read_many(
+                        STORAGE_SERVICE,
+                        &["OperationMode", "NativeTransportRunning"],
+                    ),
+                    QUICK,
+                )
+                .await
+            {
+                if v["OperationMode"] == "NORMAL" && v["NativeTransportRunning"] == true {
+                    return Ok(());
                 }
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(NodeError::Failed(format!(
-                    "cassandra did not reach {mode} within {}",
+                    "cassandra was not NORMAL and serving cql within {}",
                     humantime::format_duration(timeout)
                 )));
             }

@@ -254,6 +254,10 @@ const JVM_SERVER_OPTS: &[&str] = &[
     "-Dio.netty.allocator.useCacheForAllThreads=true",
     "-Dio.netty.allocator.maxOrder=11",
     "-XX:+ExitOnOutOfMemoryError",
+    // The Jolokia agent serves HTTP with the JDK's own server, which leaves Nagle's
+    // algorithm on: on a kept-alive connection each answer then waits for the
+    // client's delayed ACK, ~40 ms per request (sun.net.httpserver.ServerConfig).
+    "-Dsun.net.httpserver.nodelay=true",
 ];
 
 /// Where the JVM and its jars are, resolved once at start.
@@ -393,6 +397,21 @@ pub fn write_node_files(config: &Config, layout: &NodeLayout) -> anyhow::Result<
         &rackdc_properties(config),
     )?;
     Ok(())
+}
+
+/// Writes the node's files and returns the shell command line that starts its JVM,
+/// environment included: what the supervisor runs, for inspection or comparison.
+pub fn launch_line(config: &Config) -> anyhow::Result<String> {
+    let layout = NodeLayout::new(&config.node.data_dir);
+    let rt = Runtime::resolve(config)?;
+    write_node_files(config, &layout)?;
+    let mut words = vec![
+        "env".to_string(),
+        "MALLOC_ARENA_MAX=4".to_string(),
+        rt.java.display().to_string(),
+    ];
+    words.extend(jvm_args(config, &layout, &rt));
+    Ok(shell_words::join(words))
 }
 
 fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {

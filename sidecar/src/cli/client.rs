@@ -87,8 +87,8 @@ impl ApiClient {
         }
     }
 
-    /// Polls `GET /v1/node` until the node is NORMAL; tolerates a sidecar that is
-    /// not up yet and a Cassandra still starting.
+    /// Polls `GET /v1/node` until the node is ready (NORMAL and serving CQL);
+    /// tolerates a sidecar that is not up yet and a Cassandra still starting.
     pub async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<String> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
@@ -96,8 +96,11 @@ impl ApiClient {
                 .send(self.http.get(format!("{}/v1/node", self.base)))
                 .await
             {
-                Ok((200, body)) if body["operation_mode"] == "NORMAL" => return Ok("NORMAL".into()),
-                Ok((200, body)) => format!("operation mode {}", body["operation_mode"]),
+                Ok((200, body)) if body["ready"] == true => return Ok("NORMAL".into()),
+                Ok((200, body)) => format!(
+                    "operation mode {}, native transport running: {}",
+                    body["operation_mode"], body["native_transport_running"]
+                ),
                 Ok((_, body)) => body["error"].as_str().unwrap_or("?").to_string(),
                 Err(e) => e.to_string(),
             };

@@ -59,6 +59,9 @@ pub struct NodeArgs {
     /// Configuration file (TOML); `ANCHISES_<SECTION>__<KEY>` variables override it.
     #[arg(long, short, env = "ANCHISES_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Write the node's files, print the JVM command line that starts it, and exit.
+    #[arg(long)]
+    pub print_launch: bool,
     #[command(subcommand)]
     pub action: Option<NodeCommand>,
 }
@@ -110,7 +113,17 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Node(NodeArgs {
             config,
+            print_launch: true,
             action: None,
+        }) => {
+            let config = Config::load(config.as_deref())?;
+            println!("{}", crate::cassandra::files::launch_line(&config)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Node(NodeArgs {
+            config,
+            action: None,
+            ..
         }) => {
             let config = Config::load(config.as_deref())?;
             crate::init_tracing(&config);
