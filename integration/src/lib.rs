@@ -392,6 +392,155 @@ pub async fn cql(address: IpAddr) -> scylla::client::session::Session {
         .expect("cql session")
 }
 
+/// An `anchises control` process with its own data directory; dropping it stops
+/// every node it runs, and kills any JVM left under its directory.
+pub struct TestControl {
+    pub url: String,
+    pub dir: PathBuf,
+    child: Option<Child>,
+    http: reqwest::Client,
+}
+
+impl TestControl {
+    pub async fn start(name: &str, port: u16, first_octet: u8) -> TestControl {
+        ensure_cassandra();
+        let dir = test_root().join(format!("control-{name}"));
+        kill_jvms_under(&dir);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("control dir");
+        let log = std::fs::File::create(dir.join("control.log")).expect("control log");
+        let child = Command::new(anchises_bin())
+            .args(["control", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--first-address", &first_octet.to_string(), "--data-dir"])
+            .arg(&dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn anchises control");
+        let control = TestControl {
+            url: format!("http://127.0.0.1:{port}"),
+            dir,
+            child: Some(child),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("http client"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while control.get("/v1/health").await.0 != 200 {
+            assert!(Instant::now() < deadline, "control plane did not come up");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        control
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        match self.http.get(format!("{}{path}", self.url)).send().await {
+            Ok(r) => {
+                let status = r.status().as_u16();
+                (status, r.json().await.unwrap_or(Value::Null))
+            }
+            Err(_) => (0, Value::Null),
+        }
+    }
+
+    /// Any method with an optional raw JSON body; returns status, `Location`, body.
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> (u16, Option<String>, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("a method");
+        let mut req = self.http.request(method, format!("{}{path}", self.url));
+        if let Some(body) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        let r = req.send().await.expect("request reaches the control plane");
+        let status = r.status().as_u16();
+        let location = r
+            .headers()
+            .get("location")
+            .map(|v| v.to_str().unwrap_or_default().to_string());
+        (status, location, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Polls a job until it is no longer running (clusters take minutes).
+    pub async fn wait_job(&self, location: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            let (status, job) = self.get(location).await;
+            assert_eq!(status, 200, "{location}: {job}");
+            if job["state"] != "running" {
+                return job;
+            }
+            assert!(Instant::now() < deadline, "job {location} still running");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// JVM pids of every node under this control plane's directory.
+    pub fn jvm_pids(&self) -> Vec<i32> {
+        jvm_pids_under(&self.dir)
+    }
+}
+
+fn jvm_pids_under(dir: &Path) -> Vec<i32> {
+    let mut pids = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.file_name().is_some_and(|n| n == "cassandra.pid") {
+                if let Some(pid) = read_pid(&p) {
+                    if alive(pid) {
+                        pids.push(pid);
+                    }
+                }
+            }
+        }
+    }
+    pids
+}
+
+fn kill_jvms_under(dir: &Path) {
+    for pid in jvm_pids_under(dir) {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        TestNode::wait_gone(pid, Duration::from_secs(10));
+    }
+}
+
+impl Drop for TestControl {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(200);
+            while !matches!(child.try_wait(), Ok(Some(_))) {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        kill_jvms_under(&self.dir);
+        if std::thread::panicking() {
+            eprintln!("test failed; control plane left in {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,7 +25,36 @@ pub struct Config {
     pub node: NodeConfig,
     pub cassandra: CassandraConfig,
     pub supervisor: SupervisorConfig,
+    pub cluster: ClusterConfig,
     pub log: LogConfig,
+}
+
+/// Cluster mode: with a coordinator, the node's slot, tokens and seeds come from
+/// the registry there, not from `[node]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// The coordinator store (a directory shared by the cluster's sidecars).
+    pub coordinator: Option<PathBuf>,
+    /// This node's identity in the registry; default `<dc>-<rack>-<address>`.
+    pub node_id: Option<String>,
+    /// A slot whose heartbeat is older than this, and whose node is gone, may be
+    /// taken over by a new node.
+    #[serde(with = "humantime_serde")]
+    pub stale_after: Duration,
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            coordinator: None,
+            node_id: None,
+            stale_after: Duration::from_secs(30),
+            heartbeat: Duration::from_secs(5),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -332,6 +361,17 @@ impl Config {
                 humantime::format_duration(s.backoff_initial),
                 humantime::format_duration(s.backoff_max)
             ));
+        }
+        let cl = &self.cluster;
+        if cl.heartbeat.is_zero() || cl.stale_after <= cl.heartbeat * 2 {
+            return bad(format!(
+                "cluster.stale_after ({}) must exceed two heartbeats ({} each)",
+                humantime::format_duration(cl.stale_after),
+                humantime::format_duration(cl.heartbeat)
+            ));
+        }
+        if cl.coordinator.as_ref().is_some_and(|c| !c.is_absolute()) {
+            return bad("cluster.coordinator must be an absolute path".into());
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return bad(format!(

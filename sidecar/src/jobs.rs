@@ -46,7 +46,7 @@ pub struct Job {
 #[derive(Debug, thiserror::Error)]
 #[error("another {group} job is running: {} ({})", .running.id, .running.kind)]
 pub struct Conflict {
-    pub group: &'static str,
+    pub group: String,
     pub running: Box<Job>,
 }
 
@@ -54,7 +54,7 @@ pub struct Conflict {
 struct Inner {
     jobs: HashMap<Uuid, Job>,
     finished: VecDeque<Uuid>,
-    exclusive: HashMap<&'static str, Uuid>,
+    exclusive: HashMap<String, Uuid>,
 }
 
 #[derive(Clone)]
@@ -74,7 +74,7 @@ impl Jobs {
     }
 
     /// Starts `work` as a job unless a job of `group` is running.
-    pub fn start<F, Fut>(&self, group: &'static str, kind: &str, work: F) -> Result<Job, Conflict>
+    pub fn start<F, Fut>(&self, group: &str, kind: &str, work: F) -> Result<Job, Conflict>
     where
         F: FnOnce(CancellationToken) -> Fut,
         Fut: Future<Output = Result<Value, String>> + Send + 'static,
@@ -92,16 +92,17 @@ impl Jobs {
             let mut inner = self.inner.lock().expect("jobs lock");
             if let Some(running) = inner.exclusive.get(group) {
                 return Err(Conflict {
-                    group,
+                    group: group.to_string(),
                     running: Box::new(inner.jobs[running].clone()),
                 });
             }
-            inner.exclusive.insert(group, job.id);
+            inner.exclusive.insert(group.to_string(), job.id);
             inner.jobs.insert(job.id, job.clone());
         }
         let fut = work(self.cancel.child_token());
         let inner = self.inner.clone();
         let id = job.id;
+        let group = group.to_string();
         let span = tracing::info_span!("job", %id, kind);
         info!(parent: &span, "job started");
         self.tracker.spawn(
@@ -112,8 +113,8 @@ impl Jobs {
                     Err(e) => warn!(error = %e, "job failed"),
                 }
                 let mut inner = inner.lock().expect("jobs lock");
-                if inner.exclusive.get(group) == Some(&id) {
-                    inner.exclusive.remove(group);
+                if inner.exclusive.get(&group) == Some(&id) {
+                    inner.exclusive.remove(&group);
                 }
                 if let Some(job) = inner.jobs.get_mut(&id) {
                     job.finished_at = Some(time::OffsetDateTime::now_utc());

@@ -5,7 +5,9 @@
 
 pub mod cassandra;
 pub mod cli;
+pub mod cluster;
 pub mod config;
+pub mod control;
 pub mod http;
 pub mod jobs;
 pub mod metrics;
@@ -39,7 +41,16 @@ pub fn init_tracing(config: &Config) {
 /// Runs the sidecar until SIGTERM or SIGINT; then drains and stops Cassandra, and
 /// only then stops serving the API.
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let config = Arc::new(config);
+    // In cluster mode the registry decides the slot, tokens and seeds first.
+    let joined = match &config.cluster.coordinator {
+        Some(dir) => {
+            let store = anchises_topology::FsCasStore::open(dir)
+                .with_context(|| format!("cannot open the coordinator store {}", dir.display()))?;
+            Some(cluster::boot::join(&config, Arc::new(store)).await?)
+        }
+        None => None,
+    };
+    let config = Arc::new(joined.as_ref().map_or(config, |j| j.config.clone()));
     let listener = tokio::net::TcpListener::bind(config.api.listen)
         .await
         .with_context(|| format!("cannot listen on {} (api.listen)", config.api.listen))?;
@@ -59,6 +70,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         supervisor,
         jolokia,
     });
+    if let Some(joined) = joined {
+        tokio::spawn(cluster::boot::heartbeat(
+            joined.registry,
+            joined.claim,
+            config.cluster.heartbeat,
+            node.jolokia.clone(),
+            node.supervisor.clone(),
+            supervisor_shutdown.clone(),
+        ));
+    }
     let jobs = jobs::Jobs::new(jobs_cancel.clone());
     let state = http::AppState {
         node: node.clone(),
@@ -96,7 +117,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() {
+pub(crate) async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("a SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("a SIGINT handler");

@@ -411,7 +411,7 @@ async fn stop_leftover_jvm(pid_file: &Path, yaml: &Path) {
 /// Asks the kernel to SIGTERM the JVM when the sidecar dies, even by SIGKILL, so a
 /// sidecar never leaves a stray JVM behind. SIGTERM lets Cassandra run its drain hook.
 #[allow(unsafe_code)]
-fn die_with_parent(cmd: &mut Command) {
+pub(crate) fn die_with_parent(cmd: &mut Command) {
     let parent = std::process::id();
     // SAFETY: the closure runs between fork and exec and only makes two
     // async-signal-safe system calls (prctl, getppid).

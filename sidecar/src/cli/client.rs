@@ -73,6 +73,13 @@ impl ApiClient {
         Self::check(status, body)
     }
 
+    pub async fn delete(&self, path: &str) -> anyhow::Result<Value> {
+        let (status, body) = self
+            .send(self.http.delete(format!("{}{path}", self.base)))
+            .await?;
+        Self::check(status, body)
+    }
+
     /// Polls a job until it is no longer running.
     pub async fn wait_job(&self, job: &Value) -> anyhow::Result<Value> {
         let id = job["id"]

@@ -46,7 +46,17 @@ pub enum Command {
         /// A job id; all jobs without one.
         id: Option<String>,
     },
-    /// Wait until the node is NORMAL (for bootstrap scripts).
+    /// Run the control plane, which creates and runs whole clusters.
+    Control(ControlArgs),
+    /// Create, list, show or delete clusters (through the control plane).
+    Cluster {
+        /// The control plane API.
+        #[arg(long, env = "ANCHISES_CONTROL_URL", default_value_t = format!("http://127.0.0.1:{}", crate::control::DEFAULT_CONTROL_PORT))]
+        control_url: String,
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+    /// Wait until the node is NORMAL and serving CQL (for bootstrap scripts).
     WaitReady {
         #[arg(long, default_value = "15m")]
         timeout: humantime::Duration,
@@ -84,6 +94,53 @@ pub enum NodeCommand {
         /// Only these tables of the keyspace.
         #[arg(long, short, requires = "keyspace")]
         table: Vec<String>,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ControlArgs {
+    #[arg(long, env = "ANCHISES_CONTROL_LISTEN", default_value_t = std::net::SocketAddr::from(([127, 0, 0, 1], crate::control::DEFAULT_CONTROL_PORT)))]
+    pub listen: std::net::SocketAddr,
+    /// The coordinator store and the local nodes' directories live here.
+    #[arg(long, env = "ANCHISES_CONTROL_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Local nodes get 127.0.0.<N> and up.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u8).range(2..=250))]
+    pub first_address: u8,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Create a cluster; waits until every node is NORMAL and prints their CQL addresses.
+    Create {
+        name: String,
+        /// Nodes per data center.
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
+        /// Racks per data center.
+        #[arg(long)]
+        racks: Option<u32>,
+        /// Data centers (comma-separated names).
+        #[arg(long, value_delimiter = ',')]
+        dcs: Vec<String>,
+        /// Cassandra version (a fetched 5.0.x).
+        #[arg(long = "version")]
+        cassandra_version: Option<String>,
+        /// 1 for one token per node (default), more for vnodes.
+        #[arg(long)]
+        num_tokens: Option<u32>,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// List clusters.
+    List,
+    /// Show a cluster: every node's slot, tokens and state.
+    Show { name: String },
+    /// Stop every node of a cluster and forget it.
+    Delete {
+        name: String,
         #[command(flatten)]
         wait: WaitArgs,
     },
@@ -184,6 +241,28 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             output::jobs(&api.get("/v1/jobs").await?, json_out);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Control(args) => {
+            let config = Config::default();
+            crate::init_tracing(&config);
+            let data_dir = args.data_dir.unwrap_or_else(|| {
+                std::env::var_os("HOME")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| PathBuf::from("/var/lib"))
+                    .join(".local/share/anchises/control")
+            });
+            crate::control::run(crate::control::ControlConfig {
+                listen: args.listen,
+                data_dir,
+                first_octet: args.first_address,
+                bin: std::env::current_exe()?,
+            })
+            .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cluster {
+            control_url,
+            command,
+        } => cluster_command(ApiClient::new(&control_url), command, json_out).await,
         Command::WaitReady { timeout } => {
             let mode = api.wait_ready(Duration::from(timeout)).await?;
             if json_out {
@@ -192,6 +271,78 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("node is {mode}");
             }
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn cluster_command(
+    api: ApiClient,
+    command: ClusterCommand,
+    json_out: bool,
+) -> anyhow::Result<ExitCode> {
+    let finish = |job: Value| {
+        output::job(&job, json_out);
+        if job["state"] == "failed" {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        }
+    };
+    match command {
+        ClusterCommand::Create {
+            name,
+            nodes,
+            racks,
+            dcs,
+            cassandra_version,
+            num_tokens,
+            wait,
+        } => {
+            let mut body = json!({"name": name, "nodes": nodes});
+            if let Some(r) = racks {
+                body["racks"] = json!(r);
+            }
+            if !dcs.is_empty() {
+                body["dcs"] = json!(dcs);
+            }
+            if let Some(v) = cassandra_version {
+                body["cassandra_version"] = json!(v);
+            }
+            if let Some(t) = num_tokens {
+                body["num_tokens"] = json!(t);
+            }
+            let created = api.post("/v1/clusters", &body).await?;
+            if wait.no_wait {
+                return Ok(finish(created["job"].clone()));
+            }
+            if !json_out {
+                eprintln!("creating cluster {name}: starting {nodes} node(s) per data center…");
+            }
+            let job = api.wait_job(&created["job"]).await?;
+            if job["state"] == "succeeded" && !json_out {
+                for cql in job["result"]["cql"].as_array().into_iter().flatten() {
+                    println!("cql {}", cql.as_str().unwrap_or_default());
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            Ok(finish(job))
+        }
+        ClusterCommand::List => {
+            output::clusters(&api.get("/v1/clusters").await?, json_out);
+            Ok(ExitCode::SUCCESS)
+        }
+        ClusterCommand::Show { name } => {
+            output::cluster(&api.get(&format!("/v1/clusters/{name}")).await?, json_out);
+            Ok(ExitCode::SUCCESS)
+        }
+        ClusterCommand::Delete { name, wait } => {
+            let job = api.delete(&format!("/v1/clusters/{name}")).await?;
+            let job = if wait.no_wait {
+                job
+            } else {
+                api.wait_job(&job).await?
+            };
+            Ok(finish(job))
         }
     }
 }

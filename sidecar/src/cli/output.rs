@@ -144,3 +144,63 @@ pub fn jobs(jobs: &Value, json: bool) {
     }
     println!("{t}");
 }
+
+pub fn clusters(clusters: &Value, json: bool) {
+    if json {
+        println!("{clusters}");
+        return;
+    }
+    let mut t = Table::new();
+    t.load_preset(UTF8_BORDERS_ONLY)
+        .set_header(["cluster", "nodes", "dcs", "version", "created"]);
+    for c in clusters.as_array().into_iter().flatten() {
+        t.add_row([
+            text(&c["name"]),
+            text(&c["nodes"]),
+            text(&c["dcs"]),
+            text(&c["cassandra_version"]),
+            text(&c["created_at"]),
+        ]);
+    }
+    println!("{t}");
+}
+
+pub fn cluster(view: &Value, json: bool) {
+    if json {
+        println!("{view}");
+        return;
+    }
+    let spec = &view["spec"];
+    println!(
+        "cluster {} — cassandra {}, num_tokens {}",
+        text(&spec["name"]),
+        text(&spec["cassandra_version"]),
+        text(&spec["num_tokens"])
+    );
+    let mut t = Table::new();
+    t.load_preset(UTF8_BORDERS_ONLY).set_header([
+        "dc",
+        "slot",
+        "rack",
+        "address",
+        "tokens",
+        "slot state",
+        "mode",
+        "ready",
+        "node",
+    ]);
+    for n in view["nodes"].as_array().into_iter().flatten() {
+        t.add_row([
+            text(&n["dc"]),
+            text(&n["slot"]),
+            text(&n["rack"]),
+            text(&n["address"]),
+            text(&n["tokens"]),
+            text(&n["slot_state"]),
+            text(&n["operation_mode"]),
+            text(&n["ready"]),
+            text(&n["node_id"]),
+        ]);
+    }
+    println!("{t}");
+}

@@ -40,7 +40,7 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, message)
     }
 
-    fn internal(detail: impl std::fmt::Display) -> Self {
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
         tracing::error!(error = %detail, "internal error");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -88,8 +88,14 @@ impl From<Conflict> for ApiError {
     }
 }
 
+/// Malformed JSON and JSON of the wrong shape are both a bad request (axum would
+/// say 422 for the second); only a missing content type keeps its 415.
 impl From<JsonRejection> for ApiError {
     fn from(e: JsonRejection) -> Self {
-        Self::new(e.status(), format!("bad request body: {}", e.body_text()))
+        let status = match e {
+            JsonRejection::MissingJsonContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        Self::new(status, format!("bad request body: {}", e.body_text()))
     }
 }

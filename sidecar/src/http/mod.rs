@@ -3,14 +3,14 @@
 //! long work is started as a job (202 + `Location`).
 
 pub mod error;
-mod jobs;
-mod meta;
+pub(crate) mod jobs;
+pub(crate) mod meta;
 mod node;
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{FromRef, MatchedPath, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::Response;
@@ -25,7 +25,7 @@ use crate::metrics::{HttpLabels, Metrics};
 use crate::node::Node;
 use error::ApiError;
 
-#[derive(Clone)]
+#[derive(Clone, FromRef)]
 pub struct AppState {
     pub node: Arc<Node>,
     pub jobs: Jobs,
@@ -76,7 +76,7 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn not_found(req: Request) -> ApiError {
+pub(crate) async fn not_found(req: Request) -> ApiError {
     ApiError::not_found(format!(
         "no route for {} {}",
         req.method(),
@@ -84,7 +84,7 @@ async fn not_found(req: Request) -> ApiError {
     ))
 }
 
-async fn method_not_allowed(req: Request) -> ApiError {
+pub(crate) async fn method_not_allowed(req: Request) -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         format!(
