@@ -210,3 +210,238 @@ async fn bad_cluster_requests_get_4xx_json_errors() {
         "stopping the control plane stops its nodes"
     );
 }
+
+async fn count_at(address: std::net::IpAddr, table: &str, consistency: Consistency) -> i64 {
+    let session = cql(address).await;
+    let mut count = Statement::new(format!("SELECT count(*) FROM {table}"));
+    count.set_consistency(consistency);
+    count.set_request_timeout(Some(Duration::from_secs(60)));
+    session
+        .query_unpaged(count, ())
+        .await
+        .unwrap()
+        .into_rows_result()
+        .unwrap()
+        .single_row::<(i64,)>()
+        .unwrap()
+        .0
+}
+
+async fn write_rows(address: std::net::IpAddr, rf: u32, rows: i32) {
+    let session = cql(address).await;
+    session
+        .query_unpaged(
+            format!("CREATE KEYSPACE data WITH replication = {{'class': 'NetworkTopologyStrategy', 'dc1': {rf}}}"),
+            (),
+        )
+        .await
+        .unwrap();
+    session
+        .query_unpaged("CREATE TABLE data.rows (id int PRIMARY KEY, v text)", ())
+        .await
+        .unwrap();
+    let mut insert = Statement::new("INSERT INTO data.rows (id, v) VALUES (?, ?)");
+    insert.set_consistency(Consistency::All);
+    for id in 0..rows {
+        session
+            .query_unpaged(insert.clone(), (id, format!("row {id}")))
+            .await
+            .unwrap();
+    }
+}
+
+fn node_addresses(view: &Value) -> Vec<std::net::IpAddr> {
+    view["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["address"].as_str().unwrap().parse().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grow_two_to_three_and_shrink_back_lose_no_row() {
+    let control = TestControl::start("elastic", 7983, 130).await;
+    let (status, location, body) = control
+        .request(
+            "POST",
+            "/v1/clusters",
+            Some(r#"{"name": "elastic", "nodes": 2}"#),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let job = control.wait_job(&location.unwrap()).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let (_, view) = control.get("/v1/clusters/elastic").await;
+    let first = node_addresses(&view)[0];
+    write_rows(first, 2, 300).await;
+    assert_eq!(count_at(first, "data.rows", Consistency::All).await, 300);
+
+    let (status, _, body) = control
+        .request("POST", "/v1/clusters/elastic/grow", Some(r#"{"nodes": 2}"#))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let (status, location, body) = control
+        .request("POST", "/v1/clusters/elastic/grow", Some(r#"{"nodes": 3}"#))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let job = control.wait_job(&location.unwrap()).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["result"]["cleaned_nodes"], 2, "{job}");
+    let (_, view) = control.get("/v1/clusters/elastic").await;
+    let nodes = view["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 3, "{view}");
+    assert!(nodes.iter().all(|n| n["ready"] == true), "{view}");
+    assert_eq!(nodes[2]["slot"], 2);
+    // The new slot's token splits a range of the two-node ring in half.
+    let tokens: Vec<i128> = nodes
+        .iter()
+        .map(|n| n["tokens"][0].as_str().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(
+        tokens[2],
+        job["result"]["added_slots"][0]["token"]
+            .as_str()
+            .unwrap()
+            .parse::<i128>()
+            .unwrap()
+    );
+    let half = 1i128 << 62;
+    assert!(
+        (tokens[2] - tokens[0]).rem_euclid(1i128 << 64) == half
+            || (tokens[2] - tokens[1]).rem_euclid(1i128 << 64) == half,
+        "{tokens:?}"
+    );
+    let newest: std::net::IpAddr = nodes[2]["address"].as_str().unwrap().parse().unwrap();
+    assert_eq!(count_at(newest, "data.rows", Consistency::All).await, 300);
+
+    // Below the replication factor: refused with the reason.
+    let (status, _, body) = control
+        .request(
+            "POST",
+            "/v1/clusters/elastic/shrink",
+            Some(r#"{"nodes": 1}"#),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("replication factor 2"),
+        "{body}"
+    );
+    let (status, location, body) = control
+        .request(
+            "POST",
+            "/v1/clusters/elastic/shrink",
+            Some(r#"{"nodes": 2}"#),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let job = control.wait_job(&location.unwrap()).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let (_, view) = control.get("/v1/clusters/elastic").await;
+    let slots: Vec<u64> = view["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["slot"].as_u64().unwrap())
+        .collect();
+    assert_eq!(slots, [0, 1], "the newest slot left: {view}");
+    assert_eq!(view["spec"]["dcs"][0]["slots"].as_array().unwrap().len(), 2);
+    assert_eq!(count_at(first, "data.rows", Consistency::All).await, 300);
+    assert_eq!(
+        control.jvm_pids().len(),
+        2,
+        "the decommissioned node's JVM is gone"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_killed_for_good_is_replaced_on_its_slot_with_its_data() {
+    let control = TestControl::start("phoenix", 7984, 140).await;
+    let (status, location, body) = control
+        .request(
+            "POST",
+            "/v1/clusters",
+            Some(r#"{"name": "phoenix", "nodes": 3}"#),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let job = control.wait_job(&location.unwrap()).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let (_, view) = control.get("/v1/clusters/phoenix").await;
+    let addresses = node_addresses(&view);
+    write_rows(addresses[0], 3, 200).await;
+    let victim = view["nodes"][1].clone();
+    let token = victim["tokens"][0].clone();
+
+    // Kill the node's sidecar and its JVM at once: a machine gone for good.
+    let http = reqwest::Client::new();
+    let api = victim["api"].as_str().unwrap();
+    let health: Value = http
+        .get(format!("{api}/v1/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let status: Value = http
+        .get(format!("{api}/v1/node"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for pid in [
+        health["pid"].as_i64().unwrap(),
+        status["pid"].as_i64().unwrap(),
+    ] {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+    }
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(420);
+    let replacement = loop {
+        let (_, view) = control.get("/v1/clusters/phoenix").await;
+        let holder = view["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["slot"] == 1 && n["node_id"] != victim["node_id"])
+            .cloned();
+        if let Some(n) = holder.filter(|n| n["ready"] == true) {
+            break n;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "slot 1 not replaced: {view}"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
+    assert_eq!(replacement["tokens"][0], token, "the slot keeps its token");
+    assert_ne!(replacement["address"], victim["address"]);
+    let (_, jobs) = control.get("/v1/jobs").await;
+    let replace_job = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["kind"] == "cluster.replace")
+        .expect("a replace job");
+    let replace_job = control
+        .wait_job(&format!("/v1/jobs/{}", replace_job["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(replace_job["state"], "succeeded", "{replace_job}");
+    assert_eq!(replace_job["result"]["replaced"], victim["node_id"]);
+    let new_address: std::net::IpAddr = replacement["address"].as_str().unwrap().parse().unwrap();
+    assert_eq!(
+        count_at(new_address, "data.rows", Consistency::All).await,
+        200
+    );
+}

@@ -141,6 +141,15 @@ impl Jobs {
         Ok(job)
     }
 
+    /// Whether a job of `group` is running.
+    pub fn busy(&self, group: &str) -> bool {
+        self.inner
+            .lock()
+            .expect("jobs lock")
+            .exclusive
+            .contains_key(group)
+    }
+
     pub fn get(&self, id: Uuid) -> Option<Job> {
         self.inner.lock().expect("jobs lock").jobs.get(&id).cloned()
     }

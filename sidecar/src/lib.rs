@@ -24,7 +24,7 @@ use crate::cassandra::cql::Cql;
 use crate::cassandra::jolokia::Jolokia;
 use crate::cassandra::supervisor::Supervisor;
 use crate::config::{Config, LogFormat};
-use crate::node::{FlushRequest, Node, NodeAction};
+use crate::node::{ActionBody, Node, NodeAction};
 
 pub fn init_tracing(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -90,7 +90,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if config.supervisor.auto_start {
         let n = node.clone();
         jobs.start("node", "node.start", move |cancel| async move {
-            n.run_action(NodeAction::Start, FlushRequest::default(), cancel)
+            n.run_action(NodeAction::Start, ActionBody::default(), cancel)
                 .await
                 .map_err(|e| e.to_string())
         })

@@ -61,6 +61,8 @@ pub struct NodeStatus {
     pub leaving_nodes: Vec<String>,
     /// Bytes of live data on this node.
     pub load_bytes: u64,
+    /// Free bytes on the data directory's filesystem.
+    pub disk_free_bytes: Option<u64>,
     pub native_transport_running: bool,
     pub pid: Option<u32>,
     pub uptime_seconds: Option<u64>,
@@ -96,13 +98,20 @@ pub struct Ring {
     pub endpoints: Vec<RingEndpoint>,
 }
 
-/// Body of `POST /v1/node/flush`; all keyspaces when empty.
+/// Optional body of `POST /v1/node/{action}`.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct FlushRequest {
+pub struct ActionBody {
+    /// flush: only this keyspace (all keyspaces without one).
     pub keyspace: Option<String>,
+    /// flush: only these tables of the keyspace.
     #[serde(default)]
     pub tables: Vec<String>,
+    /// decommission: even if Cassandra counts too few nodes for a keyspace's
+    /// replication factor (it counts system keyspaces such as system_distributed,
+    /// RF 3, too).
+    #[serde(default)]
+    pub force: bool,
 }
 
 pub struct Node {
@@ -204,6 +213,9 @@ impl Node {
             joining_nodes: strings(&ss["JoiningNodesWithPort"]),
             leaving_nodes: strings(&ss["LeavingNodesWithPort"]),
             load_bytes: load.as_u64().unwrap_or(0),
+            disk_free_bytes: nix::sys::statvfs::statvfs(&self.config.node.data_dir)
+                .ok()
+                .map(|v| v.blocks_available() * v.fragment_size()),
             native_transport_running,
             pid: process.pid,
             uptime_seconds: process.uptime().map(|d| d.as_secs()),
@@ -249,7 +261,7 @@ impl Node {
     }
 
     /// Checks a flush names a keyspace that exists, before a job is started for it.
-    pub async fn precheck_flush(&self, req: &FlushRequest) -> Result<(), NodeError> {
+    pub async fn precheck_flush(&self, req: &ActionBody) -> Result<(), NodeError> {
         if req.keyspace.is_none() && !req.tables.is_empty() {
             return Err(NodeError::BadRequest(
                 "tables given without a keyspace".into(),
@@ -281,7 +293,10 @@ impl Node {
             NodeAction::Stop if matches!(state, ProcessState::Stopped | ProcessState::Failed) => {
                 Err(SupervisorError::NotRunning.into())
             }
-            NodeAction::Drain | NodeAction::Flush => self.require_running().map(|_| ()),
+            NodeAction::Drain
+            | NodeAction::Flush
+            | NodeAction::Cleanup
+            | NodeAction::Decommission => self.require_running().map(|_| ()),
             _ => Ok(()),
         }
     }
@@ -290,7 +305,7 @@ impl Node {
     pub async fn run_action(
         &self,
         action: NodeAction,
-        flush: FlushRequest,
+        body: ActionBody,
         cancel: CancellationToken,
     ) -> Result<Value, NodeError> {
         match action {
@@ -314,8 +329,65 @@ impl Node {
                     .await?;
                 Ok(json!({"drained": true}))
             }
-            NodeAction::Flush => self.flush(flush).await,
+            NodeAction::Flush => self.flush(body).await,
+            NodeAction::Cleanup => self.cleanup().await,
+            NodeAction::Decommission => {
+                self.require_running()?;
+                // Blocks while the node streams its ranges to the others.
+                self.jolokia
+                    .exec(
+                        STORAGE_SERVICE,
+                        "decommission(boolean)",
+                        vec![json!(body.force)],
+                        self.config.cassandra.start_timeout,
+                    )
+                    .await
+                    .map_err(|e| match e {
+                        JolokiaError::Remote { error, .. } => {
+                            NodeError::Failed(format!("decommission refused: {error}"))
+                        }
+                        other => other.into(),
+                    })?;
+                self.supervisor.stop().await?;
+                Ok(json!({"decommissioned": true}))
+            }
         }
+    }
+
+    /// `nodetool cleanup` of every keyspace that is not node-local.
+    async fn cleanup(&self) -> Result<Value, NodeError> {
+        self.require_running()?;
+        let keyspaces = strings(
+            &self
+                .jolokia
+                .read(STORAGE_SERVICE, "NonLocalStrategyKeyspaces")
+                .await?,
+        );
+        for ks in &keyspaces {
+            let status = self
+                .jolokia
+                .exec(
+                    STORAGE_SERVICE,
+                    "forceKeyspaceCleanup(int,java.lang.String,[Ljava.lang.String;)",
+                    vec![json!(0), json!(ks), json!([])],
+                    self.config.cassandra.start_timeout,
+                )
+                .await?;
+            if status != json!(0) {
+                return Err(NodeError::Failed(format!(
+                    "cleanup of {ks} ended with status {status}"
+                )));
+            }
+        }
+        Ok(json!({"cleaned_keyspaces": keyspaces}))
+    }
+
+    /// Keyspaces and their replication, from `system_schema` over CQL.
+    pub async fn keyspaces(
+        &self,
+    ) -> Result<Vec<crate::cassandra::cql::KeyspaceReplication>, NodeError> {
+        self.require_running()?;
+        Ok(self.cql.keyspaces().await?)
     }
 
     async fn start_and_wait(&self, cancel: CancellationToken) -> Result<Value, NodeError> {
@@ -374,7 +446,7 @@ impl Node {
         }
     }
 
-    async fn flush(&self, req: FlushRequest) -> Result<Value, NodeError> {
+    async fn flush(&self, req: ActionBody) -> Result<Value, NodeError> {
         self.require_running()?;
         let keyspaces: Vec<String> = match &req.keyspace {
             Some(ks) => vec![ks.clone()],
@@ -410,15 +482,21 @@ pub enum NodeAction {
     Restart,
     Drain,
     Flush,
+    /// Remove this node's data that other nodes now own (after a grow).
+    Cleanup,
+    /// Leave the ring, streaming this node's data away, then stop.
+    Decommission,
 }
 
 impl NodeAction {
-    pub const ALL: [NodeAction; 5] = [
+    pub const ALL: [NodeAction; 7] = [
         NodeAction::Start,
         NodeAction::Stop,
         NodeAction::Restart,
         NodeAction::Drain,
         NodeAction::Flush,
+        NodeAction::Cleanup,
+        NodeAction::Decommission,
     ];
 
     pub fn name(self) -> &'static str {
@@ -428,6 +506,8 @@ impl NodeAction {
             NodeAction::Restart => "restart",
             NodeAction::Drain => "drain",
             NodeAction::Flush => "flush",
+            NodeAction::Cleanup => "cleanup",
+            NodeAction::Decommission => "decommission",
         }
     }
 

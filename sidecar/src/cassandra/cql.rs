@@ -27,6 +27,13 @@ pub struct SchemaElement {
     pub create_statement: String,
 }
 
+/// A keyspace and its replication map (`class`, `replication_factor` or per DC).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct KeyspaceReplication {
+    pub name: String,
+    pub replication: std::collections::BTreeMap<String, String>,
+}
+
 pub struct Cql {
     addr: SocketAddr,
     session: Mutex<Option<Arc<Session>>>,
@@ -62,6 +69,35 @@ impl Cql {
     /// Forgets the session so that the next call reconnects (after a node restart).
     pub async fn reset(&self) {
         *self.session.lock().await = None;
+    }
+
+    pub async fn keyspaces(&self) -> Result<Vec<KeyspaceReplication>, CqlError> {
+        let session = self.session().await?;
+        let result = match session
+            .query_unpaged(
+                "SELECT keyspace_name, replication FROM system_schema.keyspaces",
+                (),
+            )
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                self.reset().await;
+                return Err(CqlError::Query(e.to_string()));
+            }
+        };
+        let rows = result
+            .into_rows_result()
+            .map_err(|e| CqlError::Query(e.to_string()))?;
+        let mut out = Vec::new();
+        for row in rows
+            .rows::<(String, std::collections::BTreeMap<String, String>)>()
+            .map_err(|e| CqlError::Query(e.to_string()))?
+        {
+            let (name, replication) = row.map_err(|e| CqlError::Query(e.to_string()))?;
+            out.push(KeyspaceReplication { name, replication });
+        }
+        Ok(out)
     }
 
     /// The whole schema, system keyspaces excluded, from server-side `DESCRIBE SCHEMA`.

@@ -138,6 +138,22 @@ pub enum ClusterCommand {
     List,
     /// Show a cluster: every node's slot, tokens and state.
     Show { name: String },
+    /// Grow every data center to NODES nodes, one at a time, then clean up.
+    Grow {
+        name: String,
+        #[arg(long)]
+        nodes: u64,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Shrink every data center to NODES nodes by decommissioning, one at a time.
+    Shrink {
+        name: String,
+        #[arg(long)]
+        nodes: u64,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
     /// Stop every node of a cluster and forget it.
     Delete {
         name: String,
@@ -335,6 +351,12 @@ async fn cluster_command(
             output::cluster(&api.get(&format!("/v1/clusters/{name}")).await?, json_out);
             Ok(ExitCode::SUCCESS)
         }
+        ClusterCommand::Grow { name, nodes, wait } => {
+            resize(&api, &name, "grow", nodes, wait, json_out).await
+        }
+        ClusterCommand::Shrink { name, nodes, wait } => {
+            resize(&api, &name, "shrink", nodes, wait, json_out).await
+        }
         ClusterCommand::Delete { name, wait } => {
             let job = api.delete(&format!("/v1/clusters/{name}")).await?;
             let job = if wait.no_wait {
@@ -345,4 +367,36 @@ async fn cluster_command(
             Ok(finish(job))
         }
     }
+}
+
+async fn resize(
+    api: &ApiClient,
+    name: &str,
+    how: &str,
+    nodes: u64,
+    wait: WaitArgs,
+    json_out: bool,
+) -> anyhow::Result<ExitCode> {
+    let job = api
+        .post(
+            &format!("/v1/clusters/{name}/{how}"),
+            &json!({"nodes": nodes}),
+        )
+        .await?;
+    let job = if wait.no_wait {
+        job
+    } else {
+        if !json_out {
+            eprintln!(
+                "{how}ing cluster {name} to {nodes} node(s) per data center, one node at a time…"
+            );
+        }
+        api.wait_job(&job).await?
+    };
+    output::job(&job, json_out);
+    Ok(if job["state"] == "failed" {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }

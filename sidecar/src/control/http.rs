@@ -7,11 +7,11 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRef, Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use utoipa::OpenApi;
 
-use super::{ClusterSummary, ClusterView, ControlPlane, CreateCluster};
+use super::{ClusterSummary, ClusterView, ControlPlane, CreateCluster, Resize};
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::{jobs, meta, method_not_allowed, not_found};
 use crate::jobs::{Job, Jobs};
@@ -28,7 +28,17 @@ struct ControlState {
         title = "Anchises control plane API",
         description = "Creates and runs whole Cassandra clusters"
     ),
-    paths(meta::health, list, create, show, delete, jobs::list, jobs::show),
+    paths(
+        meta::health,
+        list,
+        create,
+        show,
+        delete,
+        grow,
+        shrink,
+        jobs::list,
+        jobs::show
+    ),
     components(schemas(ErrorBody))
 )]
 struct ControlApiDoc;
@@ -42,6 +52,8 @@ pub fn router(control: Arc<ControlPlane>) -> Router {
         .route("/v1/health", get(meta::health))
         .route("/v1/clusters", get(list).post(create))
         .route("/v1/clusters/{name}", get(show).delete(delete))
+        .route("/v1/clusters/{name}/grow", post(grow))
+        .route("/v1/clusters/{name}/shrink", post(shrink))
         .route("/v1/jobs", get(jobs::list))
         .route("/v1/jobs/{id}", get(jobs::show))
         .route(
@@ -104,6 +116,39 @@ async fn delete(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     let job = control.delete(&name).await?;
+    Ok(accepted(
+        format!("/v1/jobs/{}", job.id),
+        serde_json::to_value(job).expect("a job serializes"),
+    ))
+}
+
+/// Grows every data center to `nodes`, one node at a time, then cleans up.
+#[utoipa::path(post, path = "/v1/clusters/{name}/grow", params(("name" = String, Path)), request_body = Resize,
+    responses((status = 202, body = Job), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn grow(
+    State(control): State<Arc<ControlPlane>>,
+    Path(name): Path<String>,
+    body: Result<Json<Resize>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(req) = body?;
+    let job = control.resize(&name, req, true).await?;
+    Ok(accepted(
+        format!("/v1/jobs/{}", job.id),
+        serde_json::to_value(job).expect("a job serializes"),
+    ))
+}
+
+/// Shrinks every data center to `nodes` by decommissioning the most recent slots,
+/// one at a time; 409 when replication or disk space forbid it.
+#[utoipa::path(post, path = "/v1/clusters/{name}/shrink", params(("name" = String, Path)), request_body = Resize,
+    responses((status = 202, body = Job), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn shrink(
+    State(control): State<Arc<ControlPlane>>,
+    Path(name): Path<String>,
+    body: Result<Json<Resize>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(req) = body?;
+    let job = control.resize(&name, req, false).await?;
     Ok(accepted(
         format!("/v1/jobs/{}", job.id),
         serde_json::to_value(job).expect("a job serializes"),

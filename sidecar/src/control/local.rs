@@ -174,6 +174,16 @@ impl LocalProvider {
         }
     }
 
+    /// Whether the node's sidecar was started here and has exited since, unasked
+    /// (a deliberate stop forgets the process first).
+    pub fn exited(&self, node_id: &str) -> bool {
+        let mut children = self.children.lock().expect("children lock");
+        match children.get_mut(node_id) {
+            Some(child) => matches!(child.try_wait(), Ok(Some(_))),
+            None => false,
+        }
+    }
+
     /// Stops a node's sidecar (which drains and stops Cassandra) and waits for it.
     pub async fn stop(&self, node_id: &str, timeout: Duration) {
         let child = self.children.lock().expect("children lock").remove(node_id);
@@ -200,6 +210,7 @@ impl LocalProvider {
 
     /// Forgets a node: its directory and its record.
     pub fn forget(&self, cluster: &str, node_id: &str) -> anyhow::Result<()> {
+        self.children.lock().expect("children lock").remove(node_id);
         let mut nodes = self.nodes(cluster);
         if let Some(n) = nodes.iter().find(|n| n.node_id == node_id) {
             let _ = std::fs::remove_dir_all(&n.dir);

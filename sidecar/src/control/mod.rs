@@ -7,6 +7,10 @@
 
 mod http;
 pub mod local;
+mod replace;
+mod resize;
+
+pub use resize::Resize;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -28,9 +32,9 @@ use local::{LocalNode, LocalProvider, NodeLaunch};
 
 /// The control plane API's default address.
 pub const DEFAULT_CONTROL_PORT: u16 = 7979;
-const MAX_NODES_PER_DC: u64 = 32;
+pub(crate) const MAX_NODES_PER_DC: u64 = 32;
 const NODE_READY_TIMEOUT: Duration = Duration::from_secs(600);
-const NODE_STOP_TIMEOUT: Duration = Duration::from_secs(180);
+pub(crate) const NODE_STOP_TIMEOUT: Duration = Duration::from_secs(180);
 
 #[derive(Debug, Clone)]
 pub struct ControlConfig {
@@ -103,10 +107,10 @@ pub struct ClusterView {
 }
 
 pub struct ControlPlane {
-    specs: Specs,
-    provider: LocalProvider,
+    pub(crate) specs: Specs,
+    pub(crate) provider: LocalProvider,
     pub jobs: Jobs,
-    http: reqwest::Client,
+    pub(crate) http: reqwest::Client,
 }
 
 fn valid_name(what: &str, name: &str) -> Result<(), ApiError> {
@@ -258,7 +262,7 @@ impl ControlPlane {
         }))
     }
 
-    async fn node_status(&self, node: &LocalNode) -> Option<Value> {
+    pub(crate) async fn node_status(&self, node: &LocalNode) -> Option<Value> {
         let r = self
             .http
             .get(format!("{}/v1/node", node.api))
@@ -271,7 +275,11 @@ impl ControlPlane {
         r.json().await.ok()
     }
 
-    async fn wait_ready(&self, node: &LocalNode, cancel: &CancellationToken) -> anyhow::Result<()> {
+    pub(crate) async fn wait_ready(
+        &self,
+        node: &LocalNode,
+        cancel: &CancellationToken,
+    ) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + NODE_READY_TIMEOUT;
         loop {
             if let Some(status) = self.node_status(node).await {
@@ -315,7 +323,7 @@ impl ControlPlane {
         Ok(out)
     }
 
-    async fn spec(&self, name: &str) -> Result<ClusterSpec, ApiError> {
+    pub(crate) async fn spec(&self, name: &str) -> Result<ClusterSpec, ApiError> {
         valid_name("cluster name", name)?;
         self.specs
             .get(name)
@@ -423,6 +431,12 @@ pub async fn run(config: ControlConfig) -> anyhow::Result<()> {
     let jobs_cancel = CancellationToken::new();
     let control = Arc::new(ControlPlane::new(&config, jobs_cancel.clone())?);
     control.resume().await;
+    let replacer_shutdown = CancellationToken::new();
+    tokio::spawn(
+        control
+            .clone()
+            .replace_dead_nodes_until(replacer_shutdown.clone()),
+    );
     info!(api = %config.listen, data_dir = %config.data_dir.display(), "anchises control plane started");
     let http_shutdown = CancellationToken::new();
     let server = tokio::spawn({
@@ -436,6 +450,7 @@ pub async fn run(config: ControlConfig) -> anyhow::Result<()> {
     });
     crate::wait_for_signal().await;
     info!("signal received; stopping every node, then the api");
+    replacer_shutdown.cancel();
     jobs_cancel.cancel();
     control.shutdown().await;
     http_shutdown.cancel();

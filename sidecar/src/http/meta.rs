@@ -13,6 +13,8 @@ use super::{ApiDoc, AppState};
 pub struct Health {
     pub status: &'static str,
     pub version: &'static str,
+    /// The sidecar's process id.
+    pub pid: u32,
 }
 
 /// The sidecar is alive (whatever Cassandra's state).
@@ -21,6 +23,7 @@ pub async fn health() -> Json<Health> {
     Json(Health {
         status: "ok",
         version: env!("CARGO_PKG_VERSION"),
+        pid: std::process::id(),
     })
 }
 

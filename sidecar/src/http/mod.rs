@@ -44,6 +44,7 @@ pub struct AppState {
         node::process,
         node::ring,
         node::schema,
+        node::keyspaces,
         node::action,
         jobs::list,
         jobs::show,
@@ -59,6 +60,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/node/process", get(node::process))
         .route("/v1/node/ring", get(node::ring))
         .route("/v1/node/schema", get(node::schema))
+        .route("/v1/node/keyspaces", get(node::keyspaces))
         .route("/v1/node/{action}", post(node::action))
         .route("/v1/jobs", get(jobs::list))
         .route("/v1/jobs/{id}", get(jobs::show))

@@ -9,10 +9,10 @@ use axum::Json;
 
 use super::error::{ApiError, ErrorBody};
 use super::AppState;
-use crate::cassandra::cql::SchemaElement;
+use crate::cassandra::cql::{KeyspaceReplication, SchemaElement};
 use crate::cassandra::supervisor::ProcessStatus;
 use crate::jobs::Job;
-use crate::node::{FlushRequest, NodeAction, NodeStatus, Ring};
+use crate::node::{ActionBody, NodeAction, NodeStatus, Ring};
 
 /// The node as Cassandra reports it. 503 while Cassandra is down or starting.
 #[utoipa::path(get, path = "/v1/node", responses(
@@ -41,11 +41,21 @@ pub async fn schema(State(state): State<AppState>) -> Result<Json<Vec<SchemaElem
     Ok(Json(state.node.schema().await?))
 }
 
-/// Starts an action on the node: start, stop (drains first), restart, drain or
-/// flush (body `{"keyspace": "ks", "tables": ["t"]}`, all keyspaces without one).
+/// Keyspaces and their replication settings.
+#[utoipa::path(get, path = "/v1/node/keyspaces", responses(
+    (status = 200, body = Vec<KeyspaceReplication>), (status = 503, body = ErrorBody)))]
+pub async fn keyspaces(
+    State(state): State<AppState>,
+) -> Result<Json<Vec<KeyspaceReplication>>, ApiError> {
+    Ok(Json(state.node.keyspaces().await?))
+}
+
+/// Starts an action on the node: start, stop (drains first), restart, drain,
+/// flush (body `{"keyspace": "ks", "tables": ["t"]}`, all keyspaces without one),
+/// cleanup, or decommission (leave the ring, then stop).
 #[utoipa::path(post, path = "/v1/node/{action}",
-    params(("action" = NodeAction, Path, description = "start, stop, restart, drain or flush")),
-    request_body(content = Option<FlushRequest>, description = "for flush only"),
+    params(("action" = NodeAction, Path, description = "start, stop, restart, drain, flush, cleanup or decommission")),
+    request_body(content = Option<ActionBody>, description = "for flush and decommission"),
     responses(
         (status = 202, body = Job, description = "started; poll the Location"),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
@@ -62,28 +72,34 @@ pub async fn action(
             names.join(", ")
         ))
     })?;
-    let flush: FlushRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        FlushRequest::default()
+    let body: ActionBody = if body.iter().all(u8::is_ascii_whitespace) {
+        ActionBody::default()
     } else {
         serde_json::from_slice(&body)
             .map_err(|e| ApiError::bad_request(format!("bad request body: {e}")))?
     };
-    if action != NodeAction::Flush && (flush.keyspace.is_some() || !flush.tables.is_empty()) {
+    if action != NodeAction::Flush && (body.keyspace.is_some() || !body.tables.is_empty()) {
         return Err(ApiError::bad_request(format!(
             "{} takes no keyspace or tables",
             action.name()
         )));
     }
+    if action != NodeAction::Decommission && body.force {
+        return Err(ApiError::bad_request(format!(
+            "{} takes no force",
+            action.name()
+        )));
+    }
     state.node.precheck(action)?;
     if action == NodeAction::Flush {
-        state.node.precheck_flush(&flush).await?;
+        state.node.precheck_flush(&body).await?;
     }
     let node = state.node.clone();
     let job = state.jobs.start(
         "node",
         &format!("node.{}", action.name()),
         move |cancel| async move {
-            node.run_action(action, flush, cancel)
+            node.run_action(action, body, cancel)
                 .await
                 .map_err(|e| e.to_string())
         },
