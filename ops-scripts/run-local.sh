@@ -1,49 +1,40 @@
 #!/usr/bin/env bash
-# Runs Anchises locally: fetches Cassandra, builds the sidecar, starts one Cassandra
-# node on 127.0.0.1 under `anchises node`, waits until it is NORMAL and prints how to
-# reach it. Ctrl-C drains and stops the node. Data: $ANCHISES_RUN_DIR
-# (default ~/.local/share/anchises/local).
+# Runs Anchises locally: fetches Cassandra, builds, starts the control plane and with
+# one request a 3-node cluster "local" on 127.0.0.100-102 (each node one
+# `anchises node` process), then prints how to reach it. Ctrl-C drains and stops
+# every node. State: $ANCHISES_RUN_DIR (default ~/.local/share/anchises/control).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
+nodes="${ANCHISES_NODES:-3}"
 ops-scripts/fetch-cassandra.sh >/dev/null
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/anchises-target}"
 cargo build --release -p anchises --bin anchises
 bin="$CARGO_TARGET_DIR/release/anchises"
 
-run_dir="${ANCHISES_RUN_DIR:-$HOME/.local/share/anchises/local}"
+run_dir="${ANCHISES_RUN_DIR:-$HOME/.local/share/anchises/control}"
 mkdir -p "$run_dir"
-config="$run_dir/anchises.toml"
-if [[ ! -f "$config" ]]; then
-  cat > "$config" <<TOML
-# Written by ops-scripts/run-local.sh; edit freely.
-[node]
-cluster_name = "local"
-data_dir = "$run_dir/node"
-num_tokens = 1
-initial_token = "0"
-
-[cassandra]
-fast_start = true
-TOML
+"$bin" control --data-dir "$run_dir" >"$run_dir/control.log" 2>&1 &
+control=$!
+trap 'echo "stopping every node (drain, then exit)…"; kill -TERM $control 2>/dev/null; wait $control' INT TERM
+for _ in $(seq 50); do
+  curl -sf http://127.0.0.1:7979/v1/health >/dev/null 2>&1 && break
+  sleep 0.2
+done
+if "$bin" cluster show local >/dev/null 2>&1; then
+  echo "cluster local already exists (restarted from $run_dir); waiting for its nodes…"
+  sleep 5
+else
+  "$bin" cluster create local --nodes "$nodes"
 fi
-
-"$bin" node --config "$config" >"$run_dir/anchises.log" 2>&1 &
-sidecar=$!
-trap 'echo "stopping (drain, then exit)…"; kill -TERM $sidecar 2>/dev/null; wait $sidecar' INT TERM
-echo "anchises node started (pid $sidecar, log $run_dir/anchises.log); waiting for Cassandra…"
-if ! "$bin" wait-ready --timeout 5m; then
-  tail -20 "$run_dir/anchises.log" >&2
-  kill -TERM $sidecar; wait $sidecar || true
-  exit 1
-fi
+"$bin" cluster show local
 cat <<MSG
 
-Cassandra is NORMAL.
-  CQL:          127.0.0.1:9042
-  sidecar API:  http://127.0.0.1:7878   (try: $bin status, $bin ring)
-  data:         $run_dir/node
-Press Ctrl-C to drain and stop it.
+The cluster is up. CQL on any node above, port 9042 (e.g. 127.0.0.100:9042).
+  anchises cluster show local          nodes, slots, tokens, state
+  anchises --url http://127.0.0.100:7878 status    one node's sidecar
+  anchises cluster grow local --nodes 4
+Control plane log: $run_dir/control.log. Press Ctrl-C to stop every node.
 MSG
-wait $sidecar
+wait $control

@@ -86,6 +86,16 @@ pub enum NodeCommand {
     Restart(WaitArgs),
     /// Drain Cassandra (flush everything, stop accepting writes).
     Drain(WaitArgs),
+    /// Drop data this node no longer owns (after the cluster grew).
+    Cleanup(WaitArgs),
+    /// Leave the ring, streaming this node's data to the others, then stop.
+    Decommission {
+        /// Even if Cassandra counts too few nodes for a keyspace's replicas.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
     /// Flush memtables to SSTables.
     Flush {
         /// Only this keyspace (all keyspaces without one).
@@ -212,6 +222,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 NodeCommand::Stop(w) => ("stop", Value::Null, w),
                 NodeCommand::Restart(w) => ("restart", Value::Null, w),
                 NodeCommand::Drain(w) => ("drain", Value::Null, w),
+                NodeCommand::Cleanup(w) => ("cleanup", Value::Null, w),
+                NodeCommand::Decommission { force, wait } => {
+                    ("decommission", json!({"force": force}), wait)
+                }
                 NodeCommand::Flush {
                     keyspace,
                     table,
