@@ -1,0 +1,233 @@
+//! The local filesystem backend: object `a/b/c` is the file `<root>/a/b/c`.
+//!
+//! Every write goes to `<root>/.tmp/<random>.tmp`, is fsynced, and is renamed
+//! into place (then the parent directory is fsynced), so a crash leaves either
+//! the old object or the new one, never half of one; leftovers of crashed
+//! writers are removed on open. Keys cannot start a segment with a dot, so the
+//! scratch directory never shows up in listings. The "etag" is the file's
+//! modification time and size — enough to tell one write from the next, not a
+//! content hash. Each method is one attempt; retries live in `retry.rs`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio::io::AsyncRead;
+
+use super::{ListedObject, ObjectKey, ObjectMeta, StoreError};
+
+const SCRATCH: &str = ".tmp";
+/// Temp files older than this belong to a writer that died; younger ones may be
+/// in use by another process sharing the root.
+const STALE_TEMP: Duration = Duration::from_secs(600);
+
+#[derive(Debug, Clone)]
+pub(crate) struct FsBackend {
+    root: PathBuf,
+}
+
+impl FsBackend {
+    pub(crate) fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        let root = root.into();
+        let scratch = root.join(SCRATCH);
+        let io = |e| StoreError::io("open", &root.display().to_string(), e);
+        std::fs::create_dir_all(&scratch).map_err(io)?;
+        for entry in std::fs::read_dir(&scratch).map_err(io)? {
+            let entry = entry.map_err(io)?;
+            let stale = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .map(|modified| modified.elapsed().unwrap_or_default() > STALE_TEMP)
+                .unwrap_or(false);
+            if stale {
+                // Best effort: another process may have removed it first.
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        Ok(FsBackend { root })
+    }
+
+    pub(crate) fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path(&self, key: &ObjectKey) -> PathBuf {
+        self.root.join(key.as_str())
+    }
+
+    fn temp_path(&self) -> PathBuf {
+        self.root
+            .join(SCRATCH)
+            .join(format!("{}.tmp", uuid::Uuid::new_v4().simple()))
+    }
+
+    /// Writes `reader` to a temp file and renames it over `key`; the temp file
+    /// is removed if anything fails.
+    pub(crate) async fn put_reader<R>(
+        &self,
+        key: &ObjectKey,
+        reader: &mut R,
+    ) -> Result<u64, StoreError>
+    where
+        R: AsyncRead + Unpin + Send + ?Sized,
+    {
+        let temp = self.temp_path();
+        let result = self.write_and_rename(key, &temp, reader).await;
+        if result.is_err() {
+            let _ = tokio::fs::remove_file(&temp).await;
+        }
+        result
+    }
+
+    async fn write_and_rename<R>(
+        &self,
+        key: &ObjectKey,
+        temp: &Path,
+        reader: &mut R,
+    ) -> Result<u64, StoreError>
+    where
+        R: AsyncRead + Unpin + Send + ?Sized,
+    {
+        let io = |e| StoreError::io("put", key.as_str(), e);
+        let mut file = tokio::fs::File::create(temp).await.map_err(io)?;
+        let size = tokio::io::copy(reader, &mut file).await.map_err(io)?;
+        file.sync_all().await.map_err(io)?;
+        drop(file);
+        let target = self.path(key);
+        let parent = target.parent().expect("a key path has a parent");
+        tokio::fs::create_dir_all(parent).await.map_err(io)?;
+        tokio::fs::rename(temp, &target).await.map_err(io)?;
+        // The rename is durable only once the directory entry is.
+        tokio::fs::File::open(parent)
+            .await
+            .map_err(io)?
+            .sync_all()
+            .await
+            .map_err(io)?;
+        Ok(size)
+    }
+
+    pub(crate) async fn put(&self, key: &ObjectKey, body: &Bytes) -> Result<(), StoreError> {
+        self.put_reader(key, &mut body.as_ref()).await.map(drop)
+    }
+
+    pub(crate) async fn put_file(&self, key: &ObjectKey, source: &Path) -> Result<u64, StoreError> {
+        let mut file = tokio::fs::File::open(source).await.map_err(|e| {
+            StoreError::permanent(
+                "put",
+                key.as_str(),
+                format!("cannot open {}: {e}", source.display()),
+            )
+        })?;
+        self.put_reader(key, &mut file).await
+    }
+
+    pub(crate) async fn get(&self, key: &ObjectKey) -> Result<Bytes, StoreError> {
+        let bytes = tokio::fs::read(self.path(key))
+            .await
+            .map_err(|e| StoreError::io("get", key.as_str(), e))?;
+        Ok(Bytes::from(bytes))
+    }
+
+    pub(crate) async fn open_read(&self, key: &ObjectKey) -> Result<tokio::fs::File, StoreError> {
+        tokio::fs::File::open(self.path(key))
+            .await
+            .map_err(|e| StoreError::io("get", key.as_str(), e))
+    }
+
+    pub(crate) async fn head(&self, key: &ObjectKey) -> Result<ObjectMeta, StoreError> {
+        let meta = tokio::fs::metadata(self.path(key))
+            .await
+            .map_err(|e| StoreError::io("head", key.as_str(), e))?;
+        if !meta.is_file() {
+            return Err(StoreError::NotFound {
+                key: key.to_string(),
+            });
+        }
+        let modified = meta
+            .modified()
+            .unwrap_or(SystemTime::UNIX_EPOCH)
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        Ok(ObjectMeta {
+            size: meta.len(),
+            etag: format!("{:x}-{:x}", modified.as_nanos(), meta.len()),
+        })
+    }
+
+    pub(crate) async fn list(&self, prefix: &str) -> Result<Vec<ListedObject>, StoreError> {
+        let root = self.root.clone();
+        let prefix = prefix.to_string();
+        tokio::task::spawn_blocking(move || list_blocking(&root, &prefix))
+            .await
+            .map_err(|e| StoreError::permanent("list", "", format!("listing task failed: {e}")))?
+    }
+
+    /// Deleting a missing object succeeds, as on S3.
+    pub(crate) async fn delete(&self, key: &ObjectKey) -> Result<(), StoreError> {
+        let path = self.path(key);
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(StoreError::io("delete", key.as_str(), e)),
+        }
+        // Prune directories left empty, so listings do not walk dead trees;
+        // `remove_dir` fails on the first non-empty one, which stops the walk.
+        let mut dir = path.parent();
+        while let Some(d) = dir {
+            if d == self.root || tokio::fs::remove_dir(d).await.is_err() {
+                break;
+            }
+            dir = d.parent();
+        }
+        Ok(())
+    }
+}
+
+fn list_blocking(root: &Path, prefix: &str) -> Result<Vec<ListedObject>, StoreError> {
+    let io = |e| StoreError::io("list", prefix, e);
+    // Start at the deepest directory the prefix names completely.
+    let start = match prefix.rsplit_once('/') {
+        Some((dir, _)) => root.join(dir),
+        None => root.to_path_buf(),
+    };
+    let mut found = Vec::new();
+    let mut pending = vec![start];
+    while let Some(dir) = pending.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => continue,
+            Err(e) => return Err(io(e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(io)?;
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let file_type = entry.file_type().map_err(io)?;
+            let path = entry.path();
+            if file_type.is_dir() {
+                pending.push(path);
+                continue;
+            }
+            let Ok(relative) = path.strip_prefix(root) else {
+                continue;
+            };
+            let Some(relative) = relative.to_str() else {
+                continue;
+            };
+            if !relative.starts_with(prefix) {
+                continue;
+            }
+            // A file whose name is no valid key was not written by this store.
+            let Ok(key) = ObjectKey::new(relative) else {
+                continue;
+            };
+            let size = entry.metadata().map_err(io)?.len();
+            found.push(ListedObject { key, size });
+        }
+    }
+    found.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(found)
+}

@@ -1,0 +1,430 @@
+//! The object store: one API over two backends, the local filesystem and S3
+//! (any S3-compatible endpoint), with keys validated and every request retried
+//! in one place.
+//!
+//! [`ObjectStore`] dispatches over the backends with an enum and wraps each
+//! request in [`Attempts`]: fault injection (tests only, `faults.rs`) and then
+//! the retry layer (`retry.rs`). Streaming uploads and downloads retry request
+//! by request, never re-reading a caller's reader or re-writing a caller's
+//! writer. The compare-and-swap store for coordination lives in `cas.rs` (S3)
+//! and in `anchises_topology::FsCasStore` (filesystem). This module moves bytes;
+//! it knows nothing of Cassandra, manifests or compression.
+
+mod cas;
+mod error;
+mod faults;
+mod fs;
+mod key;
+mod multipart;
+mod retry;
+mod s3;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anchises_topology::{CasStore, FsCasStore};
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+pub use cas::S3CasStore;
+pub use error::{BoxError, StoreError};
+pub use faults::{FaultPoint, Faults};
+pub use key::{check_prefix, ObjectKey};
+pub use retry::{retry, RetryPolicy};
+pub use s3::{S3Config, S3Credentials, MIN_PART_SIZE};
+
+use fs::FsBackend;
+use s3::S3Backend;
+
+/// Which backend, and where.
+#[derive(Debug, Clone)]
+pub enum StoreConfig {
+    /// Objects are files under `root`.
+    Filesystem {
+        root: PathBuf,
+    },
+    S3(S3Config),
+}
+
+/// What `head` tells about an object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub size: u64,
+    /// S3's etag; on the filesystem, modification time and size.
+    pub etag: String,
+}
+
+/// One entry of a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedObject {
+    pub key: ObjectKey,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone)]
+enum Backend {
+    Fs(FsBackend),
+    S3(S3Backend),
+}
+
+/// How each request is attempted: faults (tests), then retries, under a
+/// cancellation token.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Attempts {
+    policy: RetryPolicy,
+    cancel: CancellationToken,
+    faults: Option<Arc<Faults>>,
+}
+
+impl Attempts {
+    /// One attempt, through the fault injector if there is one.
+    pub(crate) async fn once<T>(
+        &self,
+        op: &'static str,
+        key: &str,
+        request: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        if let Some(faults) = &self.faults {
+            match faults.decide(op) {
+                Some(FaultPoint::BeforeRequest) => return Err(faults.error(op, key)),
+                Some(FaultPoint::AfterRequest) => {
+                    request.await?;
+                    return Err(faults.error(op, key));
+                }
+                None => {}
+            }
+        }
+        request.await
+    }
+
+    /// Attempts until success, a permanent error, the end of the retry budget
+    /// or cancellation.
+    pub(crate) async fn run<T, F, Fut>(
+        &self,
+        op: &'static str,
+        key: &str,
+        mut request: F,
+    ) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        retry(&self.policy, &self.cancel, op, key, || {
+            self.once(op, key, request())
+        })
+        .await
+    }
+}
+
+/// The object store. Cloning is cheap and clones share the S3 connection pool.
+#[derive(Debug, Clone)]
+pub struct ObjectStore {
+    backend: Backend,
+    attempts: Attempts,
+}
+
+impl ObjectStore {
+    pub async fn open(config: &StoreConfig) -> Result<Self, StoreError> {
+        match config {
+            StoreConfig::Filesystem { root } => ObjectStore::filesystem(root),
+            StoreConfig::S3(s3) => ObjectStore::s3(s3).await,
+        }
+    }
+
+    /// Objects as files under `root` (created if missing).
+    pub fn filesystem(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        Ok(ObjectStore {
+            backend: Backend::Fs(FsBackend::open(root)?),
+            attempts: Attempts::default(),
+        })
+    }
+
+    /// Objects in an S3 bucket. Does not contact S3: a wrong bucket or endpoint
+    /// shows up on the first request.
+    pub async fn s3(config: &S3Config) -> Result<Self, StoreError> {
+        Ok(ObjectStore {
+            backend: Backend::S3(S3Backend::connect(config).await?),
+            attempts: Attempts::default(),
+        })
+    }
+
+    pub fn with_retry_policy(mut self, policy: RetryPolicy) -> Self {
+        self.attempts.policy = policy;
+        self
+    }
+
+    /// Requests and the waits between their retries stop with
+    /// [`StoreError::Cancelled`] once `token` fires.
+    pub fn with_cancellation(mut self, token: CancellationToken) -> Self {
+        self.attempts.cancel = token;
+        self
+    }
+
+    /// Injects faults under the retry layer (tests of retry paths).
+    pub fn with_faults(mut self, faults: Arc<Faults>) -> Self {
+        self.attempts.faults = Some(faults);
+        self
+    }
+
+    pub fn is_s3(&self) -> bool {
+        matches!(self.backend, Backend::S3(_))
+    }
+
+    pub async fn put(&self, key: &ObjectKey, body: Bytes) -> Result<(), StoreError> {
+        self.attempts
+            .run("put", key.as_str(), || async {
+                match &self.backend {
+                    Backend::Fs(fs) => fs.put(key, &body).await,
+                    Backend::S3(s3) => s3.put(key, body.clone()).await,
+                }
+            })
+            .await
+    }
+
+    /// Uploads a local file (multipart on S3 when larger than a part); returns
+    /// its size.
+    pub async fn put_file(&self, key: &ObjectKey, path: &Path) -> Result<u64, StoreError> {
+        match &self.backend {
+            Backend::Fs(fs) => {
+                self.attempts
+                    .run("put", key.as_str(), || fs.put_file(key, path))
+                    .await
+            }
+            Backend::S3(s3) => {
+                let open_error = |e: std::io::Error| {
+                    StoreError::permanent(
+                        "put",
+                        key.as_str(),
+                        format!("cannot open {}: {e}", path.display()),
+                    )
+                };
+                let mut file = tokio::fs::File::open(path).await.map_err(open_error)?;
+                let size = file.metadata().await.map_err(open_error)?.len();
+                let part_size = multipart::part_size_for(s3.part_size, Some(size));
+                multipart::upload(s3, &self.attempts, key, &mut file, part_size).await
+            }
+        }
+    }
+
+    /// Uploads everything `reader` yields; returns the byte count. The reader
+    /// is read once: S3 parts are retried from memory, and a filesystem write
+    /// that fails is not retried.
+    pub async fn put_reader<R>(&self, key: &ObjectKey, reader: &mut R) -> Result<u64, StoreError>
+    where
+        R: AsyncRead + Unpin + Send + ?Sized,
+    {
+        match &self.backend {
+            Backend::Fs(fs) => {
+                self.attempts
+                    .once("put", key.as_str(), fs.put_reader(key, reader))
+                    .await
+            }
+            Backend::S3(s3) => {
+                multipart::upload(s3, &self.attempts, key, reader, s3.part_size).await
+            }
+        }
+    }
+
+    pub async fn get(&self, key: &ObjectKey) -> Result<Bytes, StoreError> {
+        self.attempts
+            .run("get", key.as_str(), || async {
+                match &self.backend {
+                    Backend::Fs(fs) => fs.get(key).await,
+                    Backend::S3(s3) => s3.get(key).await.map(|(bytes, _)| bytes),
+                }
+            })
+            .await
+    }
+
+    /// Streams an object into `writer`; returns the byte count. Only the start
+    /// of the download is retried: after the first byte is written, a failure
+    /// is returned (retryable or not) and the caller starts over.
+    pub async fn get_to_writer<W>(&self, key: &ObjectKey, writer: &mut W) -> Result<u64, StoreError>
+    where
+        W: AsyncWrite + Unpin + Send + ?Sized,
+    {
+        let download = self
+            .attempts
+            .run("get", key.as_str(), || self.open_download(key))
+            .await?;
+        download.copy_to(key, writer).await
+    }
+
+    /// Downloads an object to `path`, through a temp file beside it and a
+    /// rename, so `path` is never half written. The whole download is retried.
+    pub async fn get_to_file(&self, key: &ObjectKey, path: &Path) -> Result<u64, StoreError> {
+        let name = path.file_name().ok_or_else(|| {
+            StoreError::permanent("get", key.as_str(), "target path has no file name")
+        })?;
+        let temp = path.with_file_name(format!(
+            ".{}.{}.tmp",
+            name.to_string_lossy(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        let io = |e| StoreError::io("get", key.as_str(), e);
+        let result = self
+            .attempts
+            .run("get", key.as_str(), || async {
+                let download = self.open_download(key).await?;
+                let mut file = tokio::fs::File::create(&temp).await.map_err(io)?;
+                let size = download.copy_to(key, &mut file).await?;
+                file.sync_all().await.map_err(io)?;
+                Ok(size)
+            })
+            .await;
+        match result {
+            Ok(size) => {
+                tokio::fs::rename(&temp, path).await.map_err(io)?;
+                Ok(size)
+            }
+            Err(error) => {
+                let _ = tokio::fs::remove_file(&temp).await;
+                Err(error)
+            }
+        }
+    }
+
+    async fn open_download(&self, key: &ObjectKey) -> Result<Download, StoreError> {
+        match &self.backend {
+            Backend::Fs(fs) => fs.open_read(key).await.map(Download::File),
+            Backend::S3(s3) => s3.open(key).await.map(|(body, _)| Download::S3(body)),
+        }
+    }
+
+    pub async fn head(&self, key: &ObjectKey) -> Result<ObjectMeta, StoreError> {
+        self.attempts
+            .run("head", key.as_str(), || async {
+                match &self.backend {
+                    Backend::Fs(fs) => fs.head(key).await,
+                    Backend::S3(s3) => s3.head(key).await,
+                }
+            })
+            .await
+    }
+
+    /// Objects whose key starts with `prefix` (a plain string prefix, as S3
+    /// lists), sorted by key. S3 pages are fetched (and retried) one by one.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<ListedObject>, StoreError> {
+        check_prefix(prefix)?;
+        match &self.backend {
+            Backend::Fs(fs) => self.attempts.run("list", prefix, || fs.list(prefix)).await,
+            Backend::S3(s3) => {
+                let mut objects = Vec::new();
+                let mut token = None;
+                loop {
+                    let (page, next) = self
+                        .attempts
+                        .run("list", prefix, || s3.list_page(prefix, token.clone()))
+                        .await?;
+                    objects.extend(page);
+                    match next {
+                        Some(next) => token = Some(next),
+                        None => break,
+                    }
+                }
+                objects.sort_by(|a, b| a.key.cmp(&b.key));
+                Ok(objects)
+            }
+        }
+    }
+
+    /// Deletes an object; deleting a missing one succeeds.
+    pub async fn delete(&self, key: &ObjectKey) -> Result<(), StoreError> {
+        self.attempts
+            .run("delete", key.as_str(), || async {
+                match &self.backend {
+                    Backend::Fs(fs) => fs.delete(key).await,
+                    Backend::S3(s3) => s3.delete(key, None).await,
+                }
+            })
+            .await
+    }
+
+    /// Deletes many objects: on S3 in DeleteObjects batches of up to 1,000 keys
+    /// (the S3 limit), each retried on its own.
+    pub async fn delete_many(&self, keys: &[ObjectKey]) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Fs(fs) => {
+                for key in keys {
+                    self.attempts
+                        .run("delete", key.as_str(), || fs.delete(key))
+                        .await?;
+                }
+            }
+            Backend::S3(s3) => {
+                for batch in keys.chunks(S3Backend::delete_batch_size()) {
+                    let first = batch[0].as_str();
+                    self.attempts
+                        .run("delete", first, || s3.delete_batch(batch))
+                        .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The compare-and-swap store over the same root or bucket prefix: S3
+    /// conditional writes, or the topology crate's filesystem store.
+    pub fn cas_store(&self) -> Result<Arc<dyn CasStore>, StoreError> {
+        match &self.backend {
+            Backend::Fs(fs) => {
+                let root = fs.root().to_path_buf();
+                let store = FsCasStore::open(&root)
+                    .map_err(|e| StoreError::io("open", &root.display().to_string(), e))?;
+                Ok(Arc::new(store))
+            }
+            Backend::S3(_) => Ok(Arc::new(S3CasStore::new(self.clone())?)),
+        }
+    }
+
+    pub(crate) fn s3_backend(&self) -> Option<&S3Backend> {
+        match &self.backend {
+            Backend::S3(s3) => Some(s3),
+            Backend::Fs(_) => None,
+        }
+    }
+
+    pub(crate) fn attempts(&self) -> &Attempts {
+        &self.attempts
+    }
+}
+
+/// An open download.
+enum Download {
+    File(tokio::fs::File),
+    S3(aws_sdk_s3::primitives::ByteStream),
+}
+
+impl Download {
+    /// Copies the body into `writer`. Network read errors are retryable,
+    /// local write errors are not.
+    async fn copy_to<W>(self, key: &ObjectKey, writer: &mut W) -> Result<u64, StoreError>
+    where
+        W: AsyncWrite + Unpin + Send + ?Sized,
+    {
+        let write_error = |e| StoreError::io("get", key.as_str(), e);
+        let size = match self {
+            Download::File(mut file) => tokio::io::copy(&mut file, writer)
+                .await
+                .map_err(write_error)?,
+            Download::S3(mut body) => {
+                let mut size = 0;
+                while let Some(chunk) = body.next().await {
+                    let chunk = chunk.map_err(|e| StoreError::Transient {
+                        op: "get",
+                        key: key.to_string(),
+                        detail: format!("download interrupted: {e}"),
+                        source: Some(Box::new(e)),
+                    })?;
+                    writer.write_all(&chunk).await.map_err(write_error)?;
+                    size += chunk.len() as u64;
+                }
+                size
+            }
+        };
+        writer.flush().await.map_err(write_error)?;
+        Ok(size)
+    }
+}

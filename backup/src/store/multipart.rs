@@ -1,0 +1,232 @@
+//! Streaming uploads to S3: one PutObject for an object that fits in a part,
+//! otherwise a multipart upload whose parts go up in parallel.
+//!
+//! Memory stays bounded: at most `upload_concurrency` parts are in flight and
+//! one more is being read, each `part_size` bytes. Each part is its own retried
+//! request (the body is in memory, so a retry is cheap and exact); the reader is
+//! never re-read. If anything fails the upload is aborted so S3 does not keep
+//! (and bill) the orphaned parts. S3 allows at most 10,000 parts, so for a file
+//! of known size the part size grows to fit it.
+
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::task::JoinSet;
+
+use super::s3::{classify, S3Backend};
+use super::{Attempts, ObjectKey, StoreError};
+
+/// S3's limit on the parts of one upload.
+const MAX_PARTS: u64 = 10_000;
+
+/// The part size for an object of `size` bytes: the configured one, or larger
+/// (rounded up to a MiB) if the object would need more than 10,000 parts.
+pub(crate) fn part_size_for(configured: u64, size: Option<u64>) -> u64 {
+    const MIB: u64 = 1024 * 1024;
+    match size {
+        Some(size) if size.div_ceil(configured) > MAX_PARTS => {
+            size.div_ceil(MAX_PARTS).div_ceil(MIB) * MIB
+        }
+        _ => configured,
+    }
+}
+
+/// Uploads everything `reader` yields to `key`; returns the bytes written.
+pub(crate) async fn upload<R>(
+    s3: &S3Backend,
+    attempts: &Attempts,
+    key: &ObjectKey,
+    reader: &mut R,
+    part_size: u64,
+) -> Result<u64, StoreError>
+where
+    R: AsyncRead + Unpin + Send + ?Sized,
+{
+    let first = read_part(key, reader, part_size).await?;
+    if (first.len() as u64) < part_size {
+        let size = first.len() as u64;
+        attempts
+            .run("put", key.as_str(), || s3.put(key, first.clone()))
+            .await?;
+        return Ok(size);
+    }
+    let full_key = s3.full_key(key);
+    let upload_id = attempts
+        .run("put", key.as_str(), || async {
+            let output = s3
+                .client
+                .create_multipart_upload()
+                .bucket(&s3.bucket)
+                .key(&full_key)
+                .send()
+                .await
+                .map_err(|e| classify("put", key.as_str(), e))?;
+            output.upload_id.ok_or_else(|| {
+                StoreError::permanent("put", key.as_str(), "no upload id in the response")
+            })
+        })
+        .await?;
+    let result = upload_parts(s3, attempts, key, &upload_id, first, reader, part_size).await;
+    let result = match result {
+        Ok((parts, size)) => complete(s3, attempts, key, &upload_id, parts)
+            .await
+            .map(|()| size),
+        Err(error) => Err(error),
+    };
+    if result.is_err() {
+        // One attempt, outside the retry layer: a failed abort only leaves parts
+        // for the bucket's lifecycle rule to clean up.
+        let aborted = s3
+            .client
+            .abort_multipart_upload()
+            .bucket(&s3.bucket)
+            .key(&full_key)
+            .upload_id(&upload_id)
+            .send()
+            .await;
+        if let Err(error) = aborted {
+            tracing::warn!(key = %key, error = %classify("abort", key.as_str(), error), "abort of a failed multipart upload failed");
+        }
+    }
+    result
+}
+
+async fn upload_parts<R>(
+    s3: &S3Backend,
+    attempts: &Attempts,
+    key: &ObjectKey,
+    upload_id: &str,
+    first: Bytes,
+    reader: &mut R,
+    part_size: u64,
+) -> Result<(Vec<CompletedPart>, u64), StoreError>
+where
+    R: AsyncRead + Unpin + Send + ?Sized,
+{
+    // Spawned tasks, so parts upload while the next one is read.
+    let mut in_flight = JoinSet::new();
+    let mut completed = Vec::new();
+    let mut next = Some(first);
+    let mut number = 0u64;
+    let mut size = 0u64;
+    loop {
+        while in_flight.len() < s3.upload_concurrency {
+            let Some(body) = next.take() else { break };
+            number += 1;
+            if number > MAX_PARTS {
+                return Err(StoreError::permanent(
+                    "put",
+                    key.as_str(),
+                    format!("object exceeds s3's 10,000 parts of {part_size} bytes"),
+                ));
+            }
+            size += body.len() as u64;
+            let last = (body.len() as u64) < part_size;
+            let task = (
+                s3.clone(),
+                attempts.clone(),
+                key.clone(),
+                upload_id.to_string(),
+            );
+            in_flight.spawn(async move {
+                let (s3, attempts, key, upload_id) = task;
+                upload_part(&s3, &attempts, &key, &upload_id, number, body).await
+            });
+            if !last {
+                let chunk = read_part(key, reader, part_size).await?;
+                if !chunk.is_empty() {
+                    next = Some(chunk);
+                }
+            }
+        }
+        match in_flight.join_next().await {
+            None => break,
+            Some(joined) => {
+                let part = joined.map_err(|e| {
+                    StoreError::permanent("put", key.as_str(), format!("upload task failed: {e}"))
+                })??;
+                completed.push(part);
+            }
+        }
+    }
+    completed.sort_by_key(|p| p.part_number);
+    Ok((completed, size))
+}
+
+async fn upload_part(
+    s3: &S3Backend,
+    attempts: &Attempts,
+    key: &ObjectKey,
+    upload_id: &str,
+    number: u64,
+    body: Bytes,
+) -> Result<CompletedPart, StoreError> {
+    let full_key = s3.full_key(key);
+    attempts
+        .run("put part", key.as_str(), || async {
+            let output = s3
+                .client
+                .upload_part()
+                .bucket(&s3.bucket)
+                .key(&full_key)
+                .upload_id(upload_id)
+                .part_number(number as i32)
+                .content_length(body.len() as i64)
+                .body(body.clone().into())
+                .send()
+                .await
+                .map_err(|e| classify("put part", key.as_str(), e))?;
+            Ok(CompletedPart::builder()
+                .part_number(number as i32)
+                .set_e_tag(output.e_tag)
+                .build())
+        })
+        .await
+}
+
+async fn complete(
+    s3: &S3Backend,
+    attempts: &Attempts,
+    key: &ObjectKey,
+    upload_id: &str,
+    parts: Vec<CompletedPart>,
+) -> Result<(), StoreError> {
+    let full_key = s3.full_key(key);
+    let upload = CompletedMultipartUpload::builder()
+        .set_parts(Some(parts))
+        .build();
+    attempts
+        .run("put", key.as_str(), || async {
+            s3.client
+                .complete_multipart_upload()
+                .bucket(&s3.bucket)
+                .key(&full_key)
+                .upload_id(upload_id)
+                .multipart_upload(upload.clone())
+                .send()
+                .await
+                .map_err(|e| classify("put", key.as_str(), e))?;
+            Ok(())
+        })
+        .await
+}
+
+/// Reads up to `part_size` bytes; fewer only at the end of the stream.
+async fn read_part<R>(key: &ObjectKey, reader: &mut R, part_size: u64) -> Result<Bytes, StoreError>
+where
+    R: AsyncRead + Unpin + Send + ?Sized,
+{
+    let mut buffer = Vec::with_capacity(part_size as usize);
+    (&mut *reader)
+        .take(part_size)
+        .read_to_end(&mut buffer)
+        .await
+        .map_err(|e| {
+            StoreError::permanent(
+                "put",
+                key.as_str(),
+                format!("reading the source failed: {e}"),
+            )
+        })?;
+    Ok(Bytes::from(buffer))
+}
