@@ -178,7 +178,7 @@ fn dc_layout(partitioner: Partitioner, spec: &DcSpec) -> Result<DcLayout, Layout
     // Uneven racks would put two nodes of one rack next to each other where the
     // ring wraps, and a replica set there would lose rack diversity. Priam has the
     // same rule (equal auto-scaling groups per zone).
-    if spec.nodes % racks as u64 != 0 {
+    if !spec.nodes.is_multiple_of(racks as u64) {
         return Err(LayoutError::UnevenRacks {
             dc: spec.name.clone(),
             nodes: spec.nodes,

@@ -10,6 +10,7 @@
 #![deny(unsafe_code)]
 
 pub mod cas;
+pub mod cas_cql;
 pub mod cas_fs;
 pub mod conformance;
 pub mod layout;
