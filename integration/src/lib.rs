@@ -478,7 +478,7 @@ impl TestControl {
                 return job;
             }
             assert!(Instant::now() < deadline, "job {location} still running");
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 

@@ -187,7 +187,7 @@ async fn seeds(
         if tokio::time::Instant::now() > deadline {
             bail!("seed slots never claimed: {}", missing.join(", "));
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -300,9 +300,11 @@ impl ControlPlane {
                     node.node_id
                 );
             }
+            // A local HTTP GET: cheap enough to poll often, and a cluster is ready
+            // only when its slowest node is seen ready.
             tokio::select! {
                 _ = cancel.cancelled() => anyhow::bail!("cancelled"),
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
             }
         }
     }
