@@ -19,9 +19,16 @@ mkdir -p "$run_dir"
 control=$!
 trap 'echo "stopping every node (drain, then exit)…"; kill -TERM $control 2>/dev/null; wait $control' INT TERM
 for _ in $(seq 50); do
+  kill -0 $control 2>/dev/null || break
   curl -sf http://127.0.0.1:7979/v1/health >/dev/null 2>&1 && break
   sleep 0.2
 done
+# Another control plane on the port would answer the health check for ours.
+if ! kill -0 $control 2>/dev/null; then
+  echo "error: the control plane did not start:" >&2
+  tail -5 "$run_dir/control.log" >&2
+  exit 1
+fi
 if "$bin" cluster show local >/dev/null 2>&1; then
   echo "cluster local already exists (restarted from $run_dir); waiting for its nodes…"
   sleep 5
@@ -32,9 +39,9 @@ fi
 cat <<MSG
 
 The cluster is up. CQL on any node above, port 9042 (e.g. 127.0.0.100:9042).
-  anchises cluster show local          nodes, slots, tokens, state
-  anchises --url http://127.0.0.100:7878 status    one node's sidecar
-  anchises cluster grow local --nodes 4
+  $bin cluster show local
+  $bin --url http://127.0.0.100:7878 status
+  $bin cluster grow local --nodes 4
 Control plane log: $run_dir/control.log. Press Ctrl-C to stop every node.
 MSG
 wait $control
