@@ -237,20 +237,7 @@ impl TestNode {
         path: &str,
         body: Option<&str>,
     ) -> (u16, Option<String>, Value) {
-        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("a method");
-        let mut req = self.http.request(method, format!("{}{path}", self.api));
-        if let Some(body) = body {
-            req = req
-                .header("content-type", "application/json")
-                .body(body.to_string());
-        }
-        let r = req.send().await.expect("request reaches the sidecar");
-        let status = r.status().as_u16();
-        let location = r
-            .headers()
-            .get("location")
-            .map(|v| v.to_str().unwrap_or_default().to_string());
-        (status, location, r.json().await.unwrap_or(Value::Null))
+        send_raw(&self.http, &self.api, method, path, body).await
     }
 
     /// POSTs a node action, expects 202, and waits for the job to finish.
@@ -265,16 +252,7 @@ impl TestNode {
 
     /// Polls a job (by its `Location`) until it is no longer running.
     pub async fn wait_job(&self, location: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(300);
-        loop {
-            let (status, job) = self.get(location).await;
-            assert_eq!(status, 200, "{location}: {job}");
-            if job["state"] != "running" {
-                return job;
-            }
-            assert!(Instant::now() < deadline, "job {location} still running");
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
+        poll_job(&self.http, &self.api, location, Duration::from_secs(300)).await
     }
 
     /// Waits until `GET /v1/node` says ready (NORMAL and serving CQL); returns it.
@@ -452,34 +430,12 @@ impl TestControl {
         path: &str,
         body: Option<&str>,
     ) -> (u16, Option<String>, Value) {
-        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("a method");
-        let mut req = self.http.request(method, format!("{}{path}", self.url));
-        if let Some(body) = body {
-            req = req
-                .header("content-type", "application/json")
-                .body(body.to_string());
-        }
-        let r = req.send().await.expect("request reaches the control plane");
-        let status = r.status().as_u16();
-        let location = r
-            .headers()
-            .get("location")
-            .map(|v| v.to_str().unwrap_or_default().to_string());
-        (status, location, r.json().await.unwrap_or(Value::Null))
+        send_raw(&self.http, &self.url, method, path, body).await
     }
 
     /// Polls a job until it is no longer running (clusters take minutes).
     pub async fn wait_job(&self, location: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(600);
-        loop {
-            let (status, job) = self.get(location).await;
-            assert_eq!(status, 200, "{location}: {job}");
-            if job["state"] != "running" {
-                return job;
-            }
-            assert!(Instant::now() < deadline, "job {location} still running");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        poll_job(&self.http, &self.url, location, Duration::from_secs(600)).await
     }
 
     /// JVM pids of every node under this control plane's directory.
@@ -538,6 +494,48 @@ impl Drop for TestControl {
         } else {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
+    }
+}
+
+/// Any method with an optional raw JSON body against `base`; returns status,
+/// `Location` and the JSON body (Null when the body is not JSON).
+async fn send_raw(
+    http: &reqwest::Client,
+    base: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> (u16, Option<String>, Value) {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("a method");
+    let mut req = http.request(method, format!("{base}{path}"));
+    if let Some(body) = body {
+        req = req
+            .header("content-type", "application/json")
+            .body(body.to_string());
+    }
+    let r = req
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("request to {base}{path} failed: {e}"));
+    let status = r.status().as_u16();
+    let location = r
+        .headers()
+        .get("location")
+        .map(|v| v.to_str().unwrap_or_default().to_string());
+    (status, location, r.json().await.unwrap_or(Value::Null))
+}
+
+/// Polls a job (by its `Location` under `base`) until it is no longer running.
+async fn poll_job(http: &reqwest::Client, base: &str, location: &str, timeout: Duration) -> Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (status, _, job) = send_raw(http, base, "GET", location, None).await;
+        assert_eq!(status, 200, "{location}: {job}");
+        if job["state"] != "running" {
+            return job;
+        }
+        assert!(Instant::now() < deadline, "job {location} still running");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
