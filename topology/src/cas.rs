@@ -255,3 +255,33 @@ pub fn to_json_bytes<T: Serialize>(value: &T) -> Vec<u8> {
     bytes.push(b'\n');
     bytes
 }
+
+/// The first line of a stored value in the stores that keep a version (filesystem)
+/// or a nonce (S3, whose ETag would otherwise repeat for an equal value) inside the
+/// object: `anchises-cas 1 <tag>\n`, then the value.
+pub fn value_header(tag: &str) -> String {
+    format!("{VALUE_HEADER}{tag}\n")
+}
+
+const VALUE_HEADER: &str = "anchises-cas 1 ";
+
+/// Splits a stored object into the tag of its [`value_header`] and the value;
+/// `Corrupt` when the object does not start with a well-formed header.
+pub fn split_value_header<'a>(
+    key: &CasKey,
+    body: &'a [u8],
+) -> Result<(&'a str, &'a [u8]), CasError> {
+    let corrupt = || CasError::Corrupt {
+        key: key.to_string(),
+        reason: "missing or malformed compare-and-swap header".to_string(),
+    };
+    let rest = body
+        .strip_prefix(VALUE_HEADER.as_bytes())
+        .ok_or_else(corrupt)?;
+    let newline = rest.iter().position(|&b| b == b'\n').ok_or_else(corrupt)?;
+    let tag = std::str::from_utf8(&rest[..newline])
+        .ok()
+        .filter(|t| !t.is_empty())
+        .ok_or_else(corrupt)?;
+    Ok((tag, &rest[newline + 1..]))
+}

@@ -21,9 +21,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use crate::cas::{validate_prefix, CasError, CasFuture, CasKey, CasStore, Version, Versioned};
+use crate::cas::{
+    split_value_header, validate_prefix, value_header, CasError, CasFuture, CasKey, CasStore,
+    Version, Versioned,
+};
 
-const HEADER: &str = "anchises-cas 1 ";
 const SCRATCH: &str = ".cas";
 /// Temp files older than this when the store opens were left by a crash.
 const STALE_TEMP: Duration = Duration::from_secs(600);
@@ -195,21 +197,10 @@ fn read(root: &Path, key: &CasKey) -> Result<Option<Versioned>, CasError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io_error(key)(e)),
     }
-    let corrupt = || CasError::Corrupt {
-        key: key.to_string(),
-        reason: "missing or malformed version header".to_string(),
-    };
-    let newline = bytes.iter().position(|&b| b == b'\n').ok_or_else(corrupt)?;
-    let header = std::str::from_utf8(&bytes[..newline]).map_err(|_| corrupt())?;
-    let version = header
-        .strip_prefix(HEADER)
-        .filter(|v| !v.is_empty())
-        .ok_or_else(corrupt)?;
-    let version = Version::new(version);
-    bytes.drain(..=newline);
+    let (version, value) = split_value_header(key, &bytes)?;
     Ok(Some(Versioned {
-        value: bytes,
-        version,
+        value: value.to_vec(),
+        version: Version::new(version),
     }))
 }
 
@@ -226,7 +217,7 @@ fn write_temp(dir: &Dir, version: &Version, value: &[u8]) -> io::Result<PathBuf>
         .create_new(true)
         .open(&path)?;
     let written = (|| {
-        file.write_all(format!("{HEADER}{version}\n").as_bytes())?;
+        file.write_all(value_header(version.as_str()).as_bytes())?;
         file.write_all(value)?;
         if dir.fsync {
             file.sync_data()?;

@@ -21,15 +21,12 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anchises_topology::cas::{
-    validate_prefix, CasError, CasFuture, CasKey, CasStore, Version, Versioned,
+    split_value_header, validate_prefix, value_header, CasError, CasFuture, CasKey, CasStore,
+    Version, Versioned,
 };
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::{ObjectKey, ObjectStore, StoreError};
-
-/// The same header as the filesystem CAS store writes, so a document reads the
-/// same way wherever it is stored.
-const HEADER: &str = "anchises-cas 1 ";
 
 /// [`CasStore`] over an S3 [`ObjectStore`], sharing its bucket prefix, retry
 /// policy and cancellation.
@@ -145,29 +142,16 @@ impl S3CasStore {
 }
 
 fn encode(nonce: &str, value: &[u8]) -> Bytes {
-    let mut body = BytesMut::with_capacity(HEADER.len() + nonce.len() + 1 + value.len());
-    body.put_slice(HEADER.as_bytes());
-    body.put_slice(nonce.as_bytes());
-    body.put_u8(b'\n');
+    let header = value_header(nonce);
+    let mut body = BytesMut::with_capacity(header.len() + value.len());
+    body.put_slice(header.as_bytes());
     body.put_slice(value);
     body.freeze()
 }
 
 fn decode(key: &CasKey, body: &[u8]) -> Result<(String, Vec<u8>), CasError> {
-    let corrupt = |reason: &str| CasError::Corrupt {
-        key: key.to_string(),
-        reason: reason.to_string(),
-    };
-    let rest = body
-        .strip_prefix(HEADER.as_bytes())
-        .ok_or_else(|| corrupt("no compare-and-swap header"))?;
-    let newline = rest
-        .iter()
-        .position(|&b| b == b'\n')
-        .ok_or_else(|| corrupt("unterminated compare-and-swap header"))?;
-    let nonce =
-        std::str::from_utf8(&rest[..newline]).map_err(|_| corrupt("header is not utf-8"))?;
-    Ok((nonce.to_string(), rest[newline + 1..].to_vec()))
+    let (nonce, value) = split_value_header(key, body)?;
+    Ok((nonce.to_string(), value.to_vec()))
 }
 
 fn conflict(key: &CasKey) -> CasError {
@@ -233,7 +217,7 @@ mod tests {
         );
         assert!(matches!(decode(&key, b"{}"), Err(CasError::Corrupt { .. })));
         assert!(matches!(
-            decode(&key, HEADER.as_bytes()),
+            decode(&key, b"anchises-cas 1 "),
             Err(CasError::Corrupt { .. })
         ));
     }
