@@ -259,20 +259,21 @@ fn node_addresses(view: &Value) -> Vec<std::net::IpAddr> {
         .collect()
 }
 
+/// Creates a cluster through the control plane, waits for its job to succeed, and
+/// returns `GET /v1/clusters/{name}`.
+async fn create_cluster(control: &TestControl, name: &str, nodes: u32) -> Value {
+    let body = serde_json::json!({"name": name, "nodes": nodes}).to_string();
+    let (status, location, created) = control.request("POST", "/v1/clusters", Some(&body)).await;
+    assert_eq!(status, 202, "{created}");
+    let job = control.wait_job(&location.unwrap()).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    control.get(&format!("/v1/clusters/{name}")).await.1
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn grow_two_to_three_and_shrink_back_lose_no_row() {
     let control = TestControl::start("elastic", 7983, 130).await;
-    let (status, location, body) = control
-        .request(
-            "POST",
-            "/v1/clusters",
-            Some(r#"{"name": "elastic", "nodes": 2}"#),
-        )
-        .await;
-    assert_eq!(status, 202, "{body}");
-    let job = control.wait_job(&location.unwrap()).await;
-    assert_eq!(job["state"], "succeeded", "{job}");
-    let (_, view) = control.get("/v1/clusters/elastic").await;
+    let view = create_cluster(&control, "elastic", 2).await;
     let first = node_addresses(&view)[0];
     write_rows(first, 2, 300).await;
     assert_eq!(count_at(first, "data.rows", Consistency::All).await, 300);
@@ -361,17 +362,7 @@ async fn grow_two_to_three_and_shrink_back_lose_no_row() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_node_killed_for_good_is_replaced_on_its_slot_with_its_data() {
     let control = TestControl::start("phoenix", 7984, 140).await;
-    let (status, location, body) = control
-        .request(
-            "POST",
-            "/v1/clusters",
-            Some(r#"{"name": "phoenix", "nodes": 3}"#),
-        )
-        .await;
-    assert_eq!(status, 202, "{body}");
-    let job = control.wait_job(&location.unwrap()).await;
-    assert_eq!(job["state"], "succeeded", "{job}");
-    let (_, view) = control.get("/v1/clusters/phoenix").await;
+    let view = create_cluster(&control, "phoenix", 3).await;
     let addresses = node_addresses(&view);
     write_rows(addresses[0], 3, 200).await;
     let victim = view["nodes"][1].clone();
