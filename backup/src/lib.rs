@@ -3,9 +3,18 @@
 //! Cassandra's on-disk layout, never talks to Cassandra.
 #![deny(unsafe_code)]
 
+pub mod catalog;
+pub mod error;
+pub mod files;
+pub mod index;
 pub mod layout;
+pub mod manifest;
+pub mod node;
+pub mod retention;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod upload;
 
+pub use error::BackupError;
 pub use store::{ObjectKey, ObjectStore, StoreConfig, StoreError};

@@ -1,0 +1,325 @@
+//! One file into the store: read once, hashed (BLAKE3) while it is read,
+//! zstd-compressed on the way when asked, throttled, and streamed to
+//! [`ObjectStore::put_reader`] (a multipart upload on S3).
+//!
+//! Reading, hashing and compressing run on a blocking thread that hands 1 MiB
+//! chunks to the upload through a channel of four: memory per upload is the
+//! channel plus what the store holds in flight, whatever the file's size. A
+//! file that changes size or vanishes while it is read fails the upload; the
+//! object the store may have received is never named by a manifest.
+
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use async_speed_limit::Limiter;
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio_util::io::{StreamReader, SyncIoBridge};
+
+use crate::error::BackupError;
+use crate::manifest::Compression;
+use crate::store::{ObjectKey, ObjectStore};
+
+/// Bytes handed from the reader thread to the upload at a time.
+const CHUNK: usize = 1024 * 1024;
+/// Chunks buffered between the reader thread and the upload.
+const CHANNEL: usize = 4;
+
+/// A bytes/s limit shared by every upload of a job (and of the process, when
+/// the caller shares it). `Throttle::unlimited()` costs nothing.
+#[derive(Clone)]
+pub struct Throttle(Option<Limiter>);
+
+impl Throttle {
+    pub fn new(bytes_per_sec: Option<u64>) -> Self {
+        Throttle(
+            bytes_per_sec
+                .filter(|&b| b > 0)
+                .map(|b| <Limiter>::new(b as f64)),
+        )
+    }
+
+    pub fn unlimited() -> Self {
+        Throttle(None)
+    }
+
+    async fn consume(&self, bytes: usize) {
+        if let Some(limiter) = &self.0 {
+            limiter.consume(bytes).await;
+        }
+    }
+}
+
+impl std::fmt::Debug for Throttle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(l) => write!(f, "Throttle({} B/s)", l.speed_limit()),
+            None => f.write_str("Throttle(unlimited)"),
+        }
+    }
+}
+
+/// What an upload stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Uploaded {
+    /// BLAKE3 of the file's bytes, hex.
+    pub hash: String,
+    pub size: u64,
+    pub stored_size: u64,
+}
+
+/// Uploads `path` to `key`. `progress` (if any) grows by the file bytes read.
+pub async fn upload_file(
+    store: &ObjectStore,
+    key: &ObjectKey,
+    path: &Path,
+    compression: Compression,
+    zstd_level: i32,
+    throttle: &Throttle,
+    progress: Option<Arc<AtomicU64>>,
+) -> Result<Uploaded, BackupError> {
+    let (tx, mut rx) = mpsc::channel::<io::Result<Bytes>>(CHANNEL);
+    let source = path.to_path_buf();
+    let reader = tokio::task::spawn_blocking(move || {
+        read_file(&source, compression, zstd_level, tx, progress.as_deref())
+    });
+    let stored = Arc::new(AtomicU64::new(0));
+    let counted = stored.clone();
+    let throttle = throttle.clone();
+    let chunks = futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).then(move |chunk| {
+        let throttle = throttle.clone();
+        let counted = counted.clone();
+        async move {
+            if let Ok(bytes) = &chunk {
+                throttle.consume(bytes.len()).await;
+                counted.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            }
+            chunk
+        }
+    });
+    let mut body = StreamReader::new(Box::pin(chunks));
+    let put = store.put_reader(key, &mut body).await;
+    drop(body);
+    let read = reader
+        .await
+        .map_err(|e| BackupError::Internal(format!("reader thread: {e}")))?;
+    // The reader's own error (a vanished or changed file) explains a failed
+    // upload better than the store's "reading the source failed"; a reader
+    // stopped because the upload failed ("broken pipe") does not.
+    let (hash, size) = match (put, read) {
+        (_, Err(source)) if source.kind() != io::ErrorKind::BrokenPipe => {
+            return Err(BackupError::File {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+        (Err(e), _) => return Err(e.into()),
+        (Ok(_), Err(source)) => {
+            return Err(BackupError::File {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+        (Ok(stored_size), Ok((hash, size))) => {
+            debug_assert_eq!(stored_size, stored.load(Ordering::Relaxed));
+            (hash, size)
+        }
+    };
+    let stored_size = stored.load(Ordering::Relaxed);
+    Ok(Uploaded {
+        hash: hash.to_hex().to_string(),
+        size,
+        stored_size,
+    })
+}
+
+/// BLAKE3 of a file, hex, and its size (for files whose name and size match a
+/// stored object: hashing decides whether to skip).
+pub async fn hash_file(path: &Path) -> Result<(String, u64), BackupError> {
+    let source = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let mut file = std::fs::File::open(&source)?;
+        let mut hasher = blake3::Hasher::new();
+        let size = io::copy(&mut file, &mut hasher)?;
+        Ok::<_, io::Error>((hasher.finalize().to_hex().to_string(), size))
+    })
+    .await
+    .map_err(|e| BackupError::Internal(format!("hash thread: {e}")))?
+    .map_err(|source| BackupError::File {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// The blocking half: read, hash, maybe compress, send chunks.
+fn read_file(
+    path: &PathBuf,
+    compression: Compression,
+    zstd_level: i32,
+    tx: mpsc::Sender<io::Result<Bytes>>,
+    progress: Option<&AtomicU64>,
+) -> io::Result<(blake3::Hash, u64)> {
+    let result = read_into(path, compression, zstd_level, &tx, progress);
+    if let Err(e) = &result {
+        // Fail the upload too, so that the store never completes the object.
+        let _ = tx.blocking_send(Err(io::Error::new(e.kind(), e.to_string())));
+    }
+    result
+}
+
+fn read_into(
+    path: &PathBuf,
+    compression: Compression,
+    zstd_level: i32,
+    tx: &mpsc::Sender<io::Result<Bytes>>,
+    progress: Option<&AtomicU64>,
+) -> io::Result<(blake3::Hash, u64)> {
+    let mut file = std::fs::File::open(path)?;
+    let expected = file.metadata()?.len();
+    let mut hasher = blake3::Hasher::new();
+    let sink = ChunkSink {
+        tx,
+        buffer: BytesMut::new(),
+    };
+    let mut out = match compression {
+        Compression::Zstd => Out::Zstd(zstd::stream::Encoder::new(sink, zstd_level)?),
+        Compression::None => Out::Raw(sink),
+    };
+    let mut total = 0u64;
+    loop {
+        let mut chunk = BytesMut::zeroed(CHUNK);
+        let n = read_full(&mut file, &mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        chunk.truncate(n);
+        hasher.update(&chunk);
+        total += n as u64;
+        if let Some(p) = progress {
+            p.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        match &mut out {
+            Out::Zstd(encoder) => encoder.write_all(&chunk)?,
+            Out::Raw(sink) => sink.send(chunk.freeze())?,
+        }
+    }
+    match out {
+        Out::Zstd(encoder) => encoder.finish()?.flush()?,
+        Out::Raw(mut sink) => sink.flush()?,
+    }
+    if total != expected {
+        return Err(io::Error::other(format!(
+            "changed while being read: {expected} bytes at open, {total} read"
+        )));
+    }
+    if std::fs::metadata(path)?.len() != total {
+        return Err(io::Error::other("changed while being read"));
+    }
+    Ok((hasher.finalize(), total))
+}
+
+/// Reads until `buf` is full or the file ends.
+fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// Where read bytes go: straight to the channel, or through zstd.
+enum Out<'a> {
+    Raw(ChunkSink<'a>),
+    Zstd(zstd::stream::Encoder<'static, ChunkSink<'a>>),
+}
+
+/// Collects compressed output into 1 MiB chunks for the channel.
+struct ChunkSink<'a> {
+    tx: &'a mpsc::Sender<io::Result<Bytes>>,
+    buffer: BytesMut,
+}
+
+impl ChunkSink<'_> {
+    fn send(&mut self, chunk: Bytes) -> io::Result<()> {
+        self.tx
+            .blocking_send(Ok(chunk))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the upload stopped"))
+    }
+}
+
+impl Write for ChunkSink<'_> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.buffer.extend_from_slice(data);
+        if self.buffer.len() >= CHUNK {
+            let chunk = self.buffer.split().freeze();
+            self.send(chunk)?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if !self.buffer.is_empty() {
+            let chunk = self.buffer.split().freeze();
+            self.send(chunk)?;
+        }
+        Ok(())
+    }
+}
+
+/// Downloads an object and checks it against a file entry's size and hash,
+/// streaming (deep verification): nothing is written to disk and memory stays
+/// at a few chunks whatever the object's size.
+pub async fn check_object(
+    store: &ObjectStore,
+    key: &ObjectKey,
+    compression: Compression,
+    size: u64,
+    hash: &str,
+) -> Result<(), String> {
+    let (mut write_end, read_end) = tokio::io::duplex(CHUNK);
+    let download = {
+        let store = store.clone();
+        let key = key.clone();
+        tokio::spawn(async move { store.get_to_writer(&key, &mut write_end).await })
+    };
+    let reader = SyncIoBridge::new(read_end);
+    let expected = hash.to_string();
+    let checked = tokio::task::spawn_blocking(move || {
+        let mut reader = reader;
+        let mut hasher = blake3::Hasher::new();
+        let read = match compression {
+            Compression::None => io::copy(&mut reader, &mut hasher),
+            Compression::Zstd => {
+                zstd::stream::Decoder::with_buffer(io::BufReader::new(&mut reader))
+                    .and_then(|mut decoder| io::copy(&mut decoder, &mut hasher))
+            }
+        };
+        // Drain what is left, so that a bad object never shows up as a broken
+        // download.
+        let _ = io::copy(&mut reader, &mut io::sink());
+        let n = read.map_err(|e| format!("cannot read it back: {e}"))?;
+        if n != size {
+            return Err(format!("holds {n} bytes, the manifest says {size}"));
+        }
+        let actual = hasher.finalize().to_hex().to_string();
+        if actual != expected {
+            return Err(format!(
+                "content hash {actual} does not match the manifest's {expected}"
+            ));
+        }
+        Ok(())
+    });
+    let downloaded = download.await.map_err(|e| format!("download task: {e}"))?;
+    let checked = checked.await.map_err(|e| format!("hash thread: {e}"))?;
+    // A failed download explains a short read better than the check does.
+    downloaded.map_err(|e| e.to_string())?;
+    checked
+}
