@@ -151,27 +151,30 @@ pub async fn verify_files(
     deep: bool,
     concurrency: usize,
 ) -> VerifyReport {
-    let store = catalog.store();
-    let problems: Vec<Option<String>> = futures::stream::iter(files)
-        .map(|f| async move {
-            let key = match f.object_key() {
-                Ok(key) => key,
-                Err(e) => return Some(format!("{}: {e}", f.relative_path())),
-            };
-            let problem = match store.head(&key).await {
-                Err(StoreError::NotFound { .. }) => Some(format!("object {key} is missing")),
-                Err(e) => Some(format!("cannot check {key}: {e}")),
-                Ok(meta) if meta.size != f.stored_size => Some(format!(
-                    "object {key} has {} bytes, the manifest says {}",
-                    meta.size, f.stored_size
-                )),
-                Ok(_) if deep => check_object(store, &key, f.compression, f.size, &f.hash)
-                    .await
-                    .err()
-                    .map(|e| format!("object {key}: {e}")),
-                Ok(_) => None,
-            };
-            problem.map(|p| format!("{}: {p}", f.relative_path()))
+    let store = catalog.store().clone();
+    let problems: Vec<Option<String>> = futures::stream::iter(files.to_vec())
+        .map(|f| {
+            let store = store.clone();
+            async move {
+                let key = match f.object_key() {
+                    Ok(key) => key,
+                    Err(e) => return Some(format!("{}: {e}", f.relative_path())),
+                };
+                let problem = match store.head(&key).await {
+                    Err(StoreError::NotFound { .. }) => Some(format!("object {key} is missing")),
+                    Err(e) => Some(format!("cannot check {key}: {e}")),
+                    Ok(meta) if meta.size != f.stored_size => Some(format!(
+                        "object {key} has {} bytes, the manifest says {}",
+                        meta.size, f.stored_size
+                    )),
+                    Ok(_) if deep => check_object(&store, &key, f.compression, f.size, &f.hash)
+                        .await
+                        .err()
+                        .map(|e| format!("object {key}: {e}")),
+                    Ok(_) => None,
+                };
+                problem.map(|p| format!("{}: {p}", f.relative_path()))
+            }
         })
         .buffer_unordered(concurrency.max(1))
         .collect()

@@ -203,6 +203,41 @@ impl TestNode {
         }
     }
 
+    /// Starts the sidecar again on the same directory (after `kill_sidecar` or
+    /// `stop`), with `toml` as its new config if given. Returns once the API
+    /// answers.
+    pub async fn respawn(&mut self, toml: Option<String>) {
+        assert!(self.sidecar.is_none(), "the sidecar is still running");
+        let config = self.dir.join("anchises.toml");
+        if let Some(toml) = toml {
+            std::fs::write(&config, toml).expect("write config");
+        }
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(self.dir.join("sidecar.log"))
+            .expect("sidecar log");
+        let child = Command::new(anchises_bin())
+            .args(["node", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn anchises node");
+        self.sidecar = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !matches!(self.try_get("/v1/health").await, Ok((200, _))) {
+            assert!(
+                Instant::now() < deadline,
+                "sidecar API did not come back; log:\n{}",
+                self.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub fn log_tail(&self) -> String {
         let log = std::fs::read_to_string(self.dir.join("sidecar.log")).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();
@@ -499,7 +534,7 @@ impl Drop for TestControl {
 
 /// Any method with an optional raw JSON body against `base`; returns status,
 /// `Location` and the JSON body (Null when the body is not JSON).
-async fn send_raw(
+pub async fn send_raw(
     http: &reqwest::Client,
     base: &str,
     method: &str,
@@ -526,7 +561,12 @@ async fn send_raw(
 }
 
 /// Polls a job (by its `Location` under `base`) until it is no longer running.
-async fn poll_job(http: &reqwest::Client, base: &str, location: &str, timeout: Duration) -> Value {
+pub async fn poll_job(
+    http: &reqwest::Client,
+    base: &str,
+    location: &str,
+    timeout: Duration,
+) -> Value {
     let deadline = Instant::now() + timeout;
     loop {
         let (status, _, job) = send_raw(http, base, "GET", location, None).await;

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use anchises_integration::{cql, TestControl, TestNode};
+use anchises_integration::{cql, poll_job, send_raw, TestControl, TestNode};
 use scylla::statement::unprepared::Statement;
 use scylla::statement::Consistency;
 use serde_json::Value;
@@ -118,6 +118,72 @@ async fn one_request_creates_a_three_node_cluster_with_the_computed_tokens() {
         .unwrap();
     assert_eq!(n, 50);
     drop((writer, reader));
+
+    // A cluster backup asked of one node backs up all three under one id, and
+    // the cluster index says so.
+    let (status, _, started) = send_raw(
+        &http,
+        &api,
+        "POST",
+        "/v1/backups",
+        Some(r#"{"scope": "cluster"}"#),
+    )
+    .await;
+    assert_eq!(status, 202, "{started}");
+    let id = started["id"].as_str().unwrap().to_string();
+    let job_location = format!("/v1/jobs/{}", started["job"]["id"].as_str().unwrap());
+    let job = poll_job(&http, &api, &job_location, Duration::from_secs(300)).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["result"]["nodes"], 3, "{job}");
+    let (status, _, shown) = send_raw(&http, &api, "GET", &format!("/v1/backups/{id}"), None).await;
+    assert_eq!(status, 200, "{shown}");
+    assert_eq!(shown["scope"], "cluster", "{shown}");
+    assert_eq!(shown["state"], "done", "{shown}");
+    let per_node = shown["nodes"].as_array().unwrap();
+    assert_eq!(per_node.len(), 3, "{shown}");
+    for n in per_node {
+        assert_eq!(n["state"], "done", "{n}");
+        assert!(n["totals"]["files"].as_u64().unwrap() > 0, "{n}");
+    }
+    // Every node's manifest is in the shared store, with its own slot's tokens.
+    let store = anchises_backup::ObjectStore::filesystem(control.dir.join("coordinator")).unwrap();
+    let catalog = anchises_backup::catalog::Catalog::new(store);
+    let backup_id = anchises_backup::manifest::BackupId::parse(&id).unwrap();
+    for (slot, token) in expected.iter().enumerate() {
+        let slot_ref = anchises_backup::manifest::SlotRef {
+            cluster: "orders".into(),
+            dc: "dc1".into(),
+            slot: slot as u32,
+        };
+        let manifest = catalog
+            .manifest(&slot_ref, &backup_id)
+            .await
+            .unwrap()
+            .expect("a manifest per node");
+        assert_eq!(manifest.tokens, vec![token.clone()]);
+        assert!(
+            manifest.files.iter().any(|f| f.keyspace == "shop"),
+            "shop.orders is in slot {slot}'s backup"
+        );
+        assert!(
+            manifest.schema.contains("CREATE TABLE shop.orders"),
+            "{}",
+            manifest.schema
+        );
+    }
+    // A verify of the cluster backup checks every node's objects.
+    let (status, _, verify) = send_raw(
+        &http,
+        &api,
+        "POST",
+        &format!("/v1/backups/{id}/verify"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 202, "{verify}");
+    let verify_location = format!("/v1/jobs/{}", verify["job"]["id"].as_str().unwrap());
+    let job = poll_job(&http, &api, &verify_location, Duration::from_secs(120)).await;
+    assert_eq!(job["result"]["ok"], true, "{job}");
 
     // Delete stops every node and forgets the cluster.
     let (status, location, _) = control.request("DELETE", "/v1/clusters/orders", None).await;

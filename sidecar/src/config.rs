@@ -5,6 +5,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
 
 use bytesize::ByteSize;
@@ -27,6 +28,7 @@ pub struct Config {
     pub supervisor: SupervisorConfig,
     pub cluster: ClusterConfig,
     pub log: LogConfig,
+    pub backup: BackupConfig,
 }
 
 /// Cluster mode: with a coordinator, the node's slot, tokens and seeds come from
@@ -129,6 +131,101 @@ pub struct SupervisorConfig {
     pub backoff_initial: Duration,
     #[serde(with = "humantime_serde")]
     pub backoff_max: Duration,
+}
+
+/// Backups: where they go, when they run, how long they are kept.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackupConfig {
+    /// `filesystem` (the default) or `s3`.
+    pub store: StoreKind,
+    /// The filesystem store's root. Default: the cluster coordinator directory
+    /// when there is one (so a local cluster's nodes share it), otherwise
+    /// `<node.data_dir>/backup-store`.
+    pub path: Option<PathBuf>,
+    pub s3: S3Settings,
+    /// When snapshot backups run: a cron expression with seconds
+    /// (`sec min hour day-of-month month day-of-week`), or `off`.
+    pub schedule: String,
+    /// Upload each flushed SSTable within seconds (`incremental_backups`).
+    pub incremental: bool,
+    /// The incremental watcher's safety-net rescan of `backups/` directories.
+    #[serde(with = "humantime_serde")]
+    pub rescan: Duration,
+    /// Files uploaded at once.
+    pub concurrency: usize,
+    /// Upload rate limit in bytes per second; 0 means unlimited.
+    pub rate_limit: ByteSize,
+    pub zstd_level: i32,
+    /// Compress `Data.db` even when Cassandra compressed it already.
+    pub compress_compressed_data: bool,
+    /// Retention: keep the newest N backups (any rule set keeps a backup).
+    pub keep_last: Option<u32>,
+    /// Retention: keep backups younger than N days.
+    pub keep_days: Option<u32>,
+    /// The slot backups are filed under when the node has no registry slot
+    /// (a node without `cluster.coordinator`).
+    pub slot: u32,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        Self {
+            store: StoreKind::Filesystem,
+            path: None,
+            s3: S3Settings::default(),
+            schedule: "0 0 3 * * *".into(),
+            incremental: true,
+            rescan: Duration::from_secs(60),
+            concurrency: 4,
+            rate_limit: ByteSize::b(0),
+            zstd_level: 3,
+            compress_compressed_data: false,
+            keep_last: None,
+            keep_days: Some(7),
+            slot: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    Filesystem,
+    S3,
+}
+
+/// The S3 store (any S3-compatible endpoint). Credentials come from the
+/// standard AWS chain (environment, profile, instance role) unless set here.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Settings {
+    pub bucket: String,
+    pub prefix: String,
+    pub region: Option<String>,
+    /// e.g. `http://127.0.0.1:9000`; implies path-style addressing.
+    pub endpoint: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    /// Multipart part size (at least 5 MiB).
+    pub part_size: ByteSize,
+    /// Parts of one upload in flight.
+    pub upload_concurrency: usize,
+}
+
+impl Default for S3Settings {
+    fn default() -> Self {
+        Self {
+            bucket: String::new(),
+            prefix: String::new(),
+            region: None,
+            endpoint: None,
+            access_key_id: None,
+            secret_access_key: None,
+            part_size: ByteSize::mib(8),
+            upload_concurrency: 3,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -373,6 +470,7 @@ impl Config {
         if cl.coordinator.as_ref().is_some_and(|c| !c.is_absolute()) {
             return bad("cluster.coordinator must be an absolute path".into());
         }
+        self.validate_backup().map_err(ConfigError::Invalid)?;
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return bad(format!(
                 "log.level is not a valid filter: {:?}",
@@ -380,6 +478,87 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    fn validate_backup(&self) -> Result<(), String> {
+        let b = &self.backup;
+        if b.schedule != "off" {
+            cron::Schedule::from_str(&b.schedule).map_err(|e| {
+                format!(
+                    "backup.schedule {:?} is not a cron expression with seconds \
+                     (e.g. \"0 0 3 * * *\" for 03:00 daily) or \"off\": {e}",
+                    b.schedule
+                )
+            })?;
+        }
+        if b.concurrency == 0 {
+            return Err("backup.concurrency must be at least 1".into());
+        }
+        if !(1..=19).contains(&b.zstd_level) {
+            return Err(format!(
+                "backup.zstd_level must be 1 to 19, got {}",
+                b.zstd_level
+            ));
+        }
+        if b.rescan.is_zero() {
+            return Err("backup.rescan must be positive".into());
+        }
+        if b.keep_last == Some(0) {
+            return Err(
+                "backup.keep_last must be at least 1 (unset it to keep by age only)".into(),
+            );
+        }
+        if b.path.as_ref().is_some_and(|p| !p.is_absolute()) {
+            return Err("backup.path must be an absolute path".into());
+        }
+        if b.store == StoreKind::S3 {
+            self.s3_config()?.validate()?;
+        }
+        Ok(())
+    }
+
+    /// The backup store's configuration.
+    pub fn backup_store(&self) -> Result<anchises_backup::StoreConfig, String> {
+        Ok(match self.backup.store {
+            StoreKind::Filesystem => anchises_backup::StoreConfig::Filesystem {
+                root: self.backup.path.clone().unwrap_or_else(|| {
+                    self.cluster
+                        .coordinator
+                        .clone()
+                        .unwrap_or_else(|| self.node.data_dir.join("backup-store"))
+                }),
+            },
+            StoreKind::S3 => anchises_backup::StoreConfig::S3(self.s3_config()?),
+        })
+    }
+
+    fn s3_config(&self) -> Result<anchises_backup::store::S3Config, String> {
+        let s = &self.backup.s3;
+        if s.bucket.is_empty() {
+            return Err("backup.s3.bucket must be set when backup.store is s3".into());
+        }
+        let credentials = match (&s.access_key_id, &s.secret_access_key) {
+            (Some(id), Some(secret)) => Some(anchises_backup::store::S3Credentials {
+                access_key_id: id.clone(),
+                secret_access_key: secret.clone(),
+                session_token: None,
+            }),
+            (None, None) => None,
+            _ => {
+                return Err(
+                    "backup.s3.access_key_id and secret_access_key must be set together".into(),
+                )
+            }
+        };
+        Ok(anchises_backup::store::S3Config {
+            prefix: s.prefix.clone(),
+            region: s.region.clone(),
+            endpoint: s.endpoint.clone(),
+            credentials,
+            part_size: s.part_size.as_u64(),
+            upload_concurrency: s.upload_concurrency,
+            ..anchises_backup::store::S3Config::new(s.bucket.clone())
+        })
     }
 
     pub fn cassandra_home(&self) -> PathBuf {
@@ -497,6 +676,39 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("node.seeds"), "{e}");
+    }
+
+    #[test]
+    fn backup_settings_are_checked_at_load() {
+        let c = Config::default();
+        assert_eq!(c.backup.schedule, "0 0 3 * * *");
+        assert!(c.backup.incremental);
+        match c.backup_store().unwrap() {
+            anchises_backup::StoreConfig::Filesystem { root } => {
+                assert_eq!(root, c.node.data_dir.join("backup-store"))
+            }
+            other => panic!("{other:?}"),
+        }
+        let e = load("[backup]\nschedule = \"every day\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("backup.schedule") && e.contains("cron"), "{e}");
+        let e = load("[backup]\nstore = \"s3\"\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("backup.s3.bucket"), "{e}");
+        let e = load("[backup]\nkeep_last = 0\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("keep_last"), "{e}");
+        let c = load(
+            "[backup]\nstore = \"s3\"\nschedule = \"off\"\n[backup.s3]\nendpoint = \"http://127.0.0.1:9000\"\n",
+            &[("ANCHISES_BACKUP__S3__BUCKET", "snaps")],
+        )
+        .unwrap();
+        match c.backup_store().unwrap() {
+            anchises_backup::StoreConfig::S3(s3) => {
+                assert_eq!(s3.bucket, "snaps");
+                assert_eq!(s3.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! the `anchises` command-line client of that API.
 #![deny(unsafe_code)]
 
+pub mod backup;
 pub mod cassandra;
 pub mod cli;
 pub mod cluster;
@@ -70,6 +71,31 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         supervisor,
         jolokia,
     });
+    // Backups are filed under the registry slot in cluster mode.
+    let backup_slot = anchises_backup::manifest::SlotRef {
+        cluster: config.node.cluster_name.clone(),
+        dc: config.node.dc.clone(),
+        slot: joined
+            .as_ref()
+            .map_or(config.backup.slot, |j| j.claim.claim.slot as u32),
+    };
+    let cluster_backups = match (&joined, &config.cluster.coordinator) {
+        (Some(joined), Some(dir)) => {
+            let store_config = config
+                .backup_store()
+                .map_err(|e| anyhow::anyhow!("backup store: {e}"))?;
+            let store = anchises_backup::ObjectStore::open(&store_config).await?;
+            let cas = anchises_topology::FsCasStore::open(dir)
+                .with_context(|| format!("cannot open the coordinator store {}", dir.display()))?;
+            Some(Arc::new(backup::cluster::ClusterBackups::new(
+                store,
+                config.node.cluster_name.clone(),
+                joined.dcs.clone(),
+                anchises_topology::Registry::new(Arc::new(cas), config.node.cluster_name.clone()),
+            )))
+        }
+        _ => None,
+    };
     if let Some(joined) = joined {
         tokio::spawn(cluster::boot::heartbeat(
             joined.registry,
@@ -81,10 +107,32 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ));
     }
     let jobs = jobs::Jobs::new(jobs_cancel.clone());
+    let metrics = Arc::new(metrics::Metrics::default());
+    let backups = backup::Backups::open(
+        config.clone(),
+        node.clone(),
+        jobs.clone(),
+        metrics.clone(),
+        backup_slot.clone(),
+        cluster_backups,
+    )
+    .await?;
+    if let Some(cluster) = &backups.cluster {
+        tokio::spawn(cluster.clone().watch(backups.clone(), jobs_cancel.clone()));
+    }
+    tokio::spawn(backup::schedule::run_schedule(
+        backups.clone(),
+        jobs_cancel.clone(),
+    ));
+    tokio::spawn(backup::schedule::run_incremental(
+        backups.clone(),
+        jobs_cancel.clone(),
+    ));
     let state = http::AppState {
         node: node.clone(),
         jobs: jobs.clone(),
-        metrics: Arc::new(metrics::Metrics::default()),
+        metrics,
+        backups,
     };
     info!(api = %config.api.listen, address = %config.node.address, data_dir = %config.node.data_dir.display(), "anchises node sidecar started");
     if config.supervisor.auto_start {

@@ -25,6 +25,14 @@ pub struct Metrics {
     cassandra_up: Gauge,
     cassandra_restarts: Gauge,
     cassandra_uptime: Gauge,
+    backup_last_success: Gauge,
+    backup_failures: Counter,
+    backup_uploaded_bytes: Counter,
+    backup_reused_bytes: Counter,
+    incremental_files: Counter,
+    incremental_bytes: Counter,
+    incremental_last_upload: Gauge,
+    incremental_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -62,6 +70,54 @@ impl Default for Metrics {
             "Seconds since the current Cassandra JVM was started",
             cassandra_uptime.clone(),
         );
+        let backup_last_success = Gauge::default();
+        registry.register(
+            "backup_last_success_timestamp_seconds",
+            "Unix time of the last successful snapshot backup of this node",
+            backup_last_success.clone(),
+        );
+        let backup_failures = Counter::default();
+        registry.register(
+            "backup_failures",
+            "Snapshot backups of this node that failed (or were skipped by the schedule)",
+            backup_failures.clone(),
+        );
+        let backup_uploaded_bytes = Counter::default();
+        registry.register(
+            "backup_uploaded_bytes",
+            "File bytes uploaded by snapshot backups",
+            backup_uploaded_bytes.clone(),
+        );
+        let backup_reused_bytes = Counter::default();
+        registry.register(
+            "backup_reused_bytes",
+            "File bytes that snapshot backups found stored already",
+            backup_reused_bytes.clone(),
+        );
+        let incremental_files = Counter::default();
+        registry.register(
+            "backup_incremental_files",
+            "Incremental SSTable files uploaded",
+            incremental_files.clone(),
+        );
+        let incremental_bytes = Counter::default();
+        registry.register(
+            "backup_incremental_bytes",
+            "Incremental SSTable bytes uploaded",
+            incremental_bytes.clone(),
+        );
+        let incremental_last_upload = Gauge::default();
+        registry.register(
+            "backup_incremental_last_upload_timestamp_seconds",
+            "Unix time of the last incremental upload",
+            incremental_last_upload.clone(),
+        );
+        let incremental_failures = Counter::default();
+        registry.register(
+            "backup_incremental_failures",
+            "Incremental upload passes that failed",
+            incremental_failures.clone(),
+        );
         Self {
             registry,
             http_requests,
@@ -69,11 +125,42 @@ impl Default for Metrics {
             cassandra_up,
             cassandra_restarts,
             cassandra_uptime,
+            backup_last_success,
+            backup_failures,
+            backup_uploaded_bytes,
+            backup_reused_bytes,
+            incremental_files,
+            incremental_bytes,
+            incremental_last_upload,
+            incremental_failures,
         }
     }
 }
 
 impl Metrics {
+    pub fn backup_succeeded(&self, at: time::OffsetDateTime) {
+        self.backup_last_success.set(at.unix_timestamp());
+    }
+
+    pub fn backup_failed(&self) {
+        self.backup_failures.inc();
+    }
+
+    pub fn backup_bytes(&self, uploaded: u64, reused: u64) {
+        self.backup_uploaded_bytes.inc_by(uploaded);
+        self.backup_reused_bytes.inc_by(reused);
+    }
+
+    pub fn incremental_uploaded(&self, files: u64, bytes: u64, at: time::OffsetDateTime) {
+        self.incremental_files.inc_by(files);
+        self.incremental_bytes.inc_by(bytes);
+        self.incremental_last_upload.set(at.unix_timestamp());
+    }
+
+    pub fn incremental_failed(&self) {
+        self.incremental_failures.inc();
+    }
+
     /// The text exposition format, with the process gauges refreshed from `process`.
     pub fn render(&self, process: &ProcessStatus) -> String {
         self.cassandra_up

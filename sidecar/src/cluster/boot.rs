@@ -28,6 +28,8 @@ pub struct Joined {
     pub config: Config,
     pub claim: Claim,
     pub registry: Registry,
+    /// The cluster's data centers.
+    pub dcs: Vec<String>,
 }
 
 /// The node's identity in the registry: configured, or dc/rack/address.
@@ -127,6 +129,7 @@ pub async fn join(config: &Config, store: Arc<dyn CasStore>) -> anyhow::Result<J
         config: joined,
         claim,
         registry,
+        dcs: spec.dcs.iter().map(|d| d.name.clone()).collect(),
     })
 }
 

@@ -2,6 +2,7 @@
 //! OpenAPI document generated from the handlers. Handlers validate and answer fast;
 //! long work is started as a job (202 + `Location`).
 
+mod backups;
 pub mod error;
 pub(crate) mod jobs;
 pub(crate) mod meta;
@@ -20,6 +21,7 @@ use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use tracing::Level;
 use utoipa::OpenApi;
 
+use crate::backup::Backups;
 use crate::jobs::Jobs;
 use crate::metrics::{HttpLabels, Metrics};
 use crate::node::Node;
@@ -30,6 +32,7 @@ pub struct AppState {
     pub node: Arc<Node>,
     pub jobs: Jobs,
     pub metrics: Arc<Metrics>,
+    pub backups: Arc<Backups>,
 }
 
 #[derive(OpenApi)]
@@ -48,6 +51,12 @@ pub struct AppState {
         node::action,
         jobs::list,
         jobs::show,
+        backups::create,
+        backups::list,
+        backups::show,
+        backups::delete,
+        backups::verify,
+        backups::purge,
     ),
     components(schemas(error::ErrorBody))
 )]
@@ -62,6 +71,13 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/node/schema", get(node::schema))
         .route("/v1/node/keyspaces", get(node::keyspaces))
         .route("/v1/node/{action}", post(node::action))
+        .route("/v1/backups", post(backups::create).get(backups::list))
+        .route("/v1/backups/purge", post(backups::purge))
+        .route(
+            "/v1/backups/{id}",
+            get(backups::show).delete(backups::delete),
+        )
+        .route("/v1/backups/{id}/verify", post(backups::verify))
         .route("/v1/jobs", get(jobs::list))
         .route("/v1/jobs/{id}", get(jobs::show))
         .route("/v1/openapi.json", get(meta::openapi))
