@@ -145,8 +145,9 @@ async fn one_request_creates_a_three_node_cluster_with_the_computed_tokens() {
         assert_eq!(n["state"], "done", "{n}");
         assert!(n["totals"]["files"].as_u64().unwrap() > 0, "{n}");
     }
-    // Every node's manifest is in the shared store, with its own slot's tokens.
-    let store = anchises_backup::ObjectStore::filesystem(control.dir.join("coordinator")).unwrap();
+    // Every node's manifest is in the shared store (beside the coordinator),
+    // with its own slot's tokens.
+    let store = anchises_backup::ObjectStore::filesystem(control.dir.join("backups")).unwrap();
     let catalog = anchises_backup::catalog::Catalog::new(store);
     let backup_id = anchises_backup::manifest::BackupId::parse(&id).unwrap();
     for (slot, token) in expected.iter().enumerate() {
@@ -195,6 +196,12 @@ async fn one_request_creates_a_three_node_cluster_with_the_computed_tokens() {
     assert_eq!(status, 404);
     let (_, list) = control.get("/v1/clusters").await;
     assert_eq!(list, serde_json::json!([]));
+    // Its backups outlive it.
+    assert!(catalog
+        .cluster_index("orders", &backup_id)
+        .await
+        .unwrap()
+        .is_some());
 }
 
 #[tokio::test(flavor = "multi_thread")]

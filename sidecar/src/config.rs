@@ -139,9 +139,9 @@ pub struct SupervisorConfig {
 pub struct BackupConfig {
     /// `filesystem` (the default) or `s3`.
     pub store: StoreKind,
-    /// The filesystem store's root. Default: the cluster coordinator directory
-    /// when there is one (so a local cluster's nodes share it), otherwise
-    /// `<node.data_dir>/backup-store`.
+    /// The filesystem store's root. Default: `backups/` beside the cluster
+    /// coordinator directory when there is one (so a local cluster's nodes
+    /// share it), otherwise `<node.data_dir>/backup-store`.
     pub path: Option<PathBuf>,
     pub s3: S3Settings,
     /// When snapshot backups run: a cron expression with seconds
@@ -522,10 +522,12 @@ impl Config {
         Ok(match self.backup.store {
             StoreKind::Filesystem => anchises_backup::StoreConfig::Filesystem {
                 root: self.backup.path.clone().unwrap_or_else(|| {
-                    self.cluster
-                        .coordinator
-                        .clone()
-                        .unwrap_or_else(|| self.node.data_dir.join("backup-store"))
+                    // Beside the coordinator, so a local cluster's nodes share
+                    // it, but outside it: backups outlive the cluster.
+                    match self.cluster.coordinator.as_deref().and_then(Path::parent) {
+                        Some(parent) => parent.join("backups"),
+                        None => self.node.data_dir.join("backup-store"),
+                    }
                 }),
             },
             StoreKind::S3 => anchises_backup::StoreConfig::S3(self.s3_config()?),
@@ -693,9 +695,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("backup.schedule") && e.contains("cron"), "{e}");
-        let e = load("[backup]\nstore = \"s3\"\n", &[]).unwrap_err().to_string();
+        let e = load("[backup]\nstore = \"s3\"\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("backup.s3.bucket"), "{e}");
-        let e = load("[backup]\nkeep_last = 0\n", &[]).unwrap_err().to_string();
+        let e = load("[backup]\nkeep_last = 0\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("keep_last"), "{e}");
         let c = load(
             "[backup]\nstore = \"s3\"\nschedule = \"off\"\n[backup.s3]\nendpoint = \"http://127.0.0.1:9000\"\n",
