@@ -147,7 +147,8 @@ pub struct BackupConfig {
     /// When snapshot backups run: a cron expression with seconds
     /// (`sec min hour day-of-month month day-of-week`), or `off`.
     pub schedule: String,
-    /// Upload each flushed SSTable within seconds (`incremental_backups`).
+    /// Upload each flushed SSTable within seconds; also sets Cassandra's
+    /// `incremental_backups`.
     pub incremental: bool,
     /// The incremental watcher's safety-net rescan of `backups/` directories.
     #[serde(with = "humantime_serde")]
@@ -161,7 +162,7 @@ pub struct BackupConfig {
     pub compress_compressed_data: bool,
     /// Retention: keep the newest N backups (any rule set keeps a backup).
     pub keep_last: Option<u32>,
-    /// Retention: keep backups younger than N days.
+    /// Retention: keep backups younger than N days; 0 turns the age rule off.
     pub keep_days: Option<u32>,
     /// The slot backups are filed under when the node has no registry slot
     /// (a node without `cluster.coordinator`).

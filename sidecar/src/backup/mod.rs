@@ -238,7 +238,8 @@ impl Backups {
     pub fn retention(&self) -> Retention {
         Retention {
             keep_last: self.config.backup.keep_last,
-            keep_days: self.config.backup.keep_days,
+            // 0 turns the age rule off (so `keep_last` alone decides).
+            keep_days: self.config.backup.keep_days.filter(|&d| d > 0),
         }
     }
 

@@ -90,8 +90,9 @@ pub fn base_yaml(config: &Config, layout: &NodeLayout) -> Value {
         "saved_caches_directory": layout.saved_caches.display().to_string(),
         "hints_directory": layout.hints.display().to_string(),
         "cdc_raw_directory": layout.cdc_raw.display().to_string(),
-        // Every flushed SSTable is hard-linked under <table>/backups/ for incrementals.
-        "incremental_backups": true,
+        // Every flushed SSTable is hard-linked under <table>/backups/ for
+        // incrementals; off with them, or nothing would remove the links.
+        "incremental_backups": config.backup.incremental,
         "auto_snapshot": true,
         "start_native_transport": true,
     });

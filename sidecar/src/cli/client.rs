@@ -1,6 +1,7 @@
 //! The HTTP client behind the CLI commands. API errors come back as their
 //! `{"error": …}` message; a sidecar that is not there is said so plainly.
 
+use std::future::Future;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail};
@@ -64,6 +65,17 @@ impl ApiClient {
         Self::check(status, body).map(Some)
     }
 
+    /// Like `get`, but a 404 (no such resource, or not yet) is `None`.
+    pub async fn get_found(&self, path: &str) -> anyhow::Result<Option<Value>> {
+        let (status, body) = self
+            .send(self.http.get(format!("{}{path}", self.base)))
+            .await?;
+        if status == 404 {
+            return Ok(None);
+        }
+        Self::check(status, body).map(Some)
+    }
+
     pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
         let mut req = self.http.post(format!("{}{path}", self.base));
         if !body.is_null() {
@@ -82,6 +94,16 @@ impl ApiClient {
 
     /// Polls a job until it is no longer running.
     pub async fn wait_job(&self, job: &Value) -> anyhow::Result<Value> {
+        self.wait_job_with(job, || async {}).await
+    }
+
+    /// Polls a job every 500 ms until it is no longer running; `tick` runs
+    /// after each poll that finds it still running (to show progress).
+    pub async fn wait_job_with<F, Fut>(&self, job: &Value, mut tick: F) -> anyhow::Result<Value>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = ()>,
+    {
         let id = job["id"]
             .as_str()
             .ok_or_else(|| anyhow!("no job id in {job}"))?;
@@ -90,6 +112,7 @@ impl ApiClient {
             if job["state"] != "running" {
                 return Ok(job);
             }
+            tick().await;
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }

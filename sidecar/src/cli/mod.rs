@@ -1,8 +1,11 @@
 //! The command line: `anchises node` runs the sidecar; every other command is a
 //! client of a running sidecar's HTTP API (human output, or `--json` for scripts).
 
+mod backup;
 mod client;
 mod output;
+
+pub use backup::BackupCommand;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,6 +48,11 @@ pub enum Command {
     Jobs {
         /// A job id; all jobs without one.
         id: Option<String>,
+    },
+    /// Back up the node or the whole cluster; list, show, verify, delete and purge backups.
+    Backup {
+        #[command(subcommand)]
+        command: BackupCommand,
     },
     /// Run the control plane, which creates and runs whole clusters.
     Control(ControlArgs),
@@ -271,6 +279,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             output::jobs(&api.get("/v1/jobs").await?, json_out);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Backup { command } => backup::run(&api, command, json_out).await,
         Command::Control(args) => {
             let config = Config::default();
             crate::init_tracing(&config);

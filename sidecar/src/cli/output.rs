@@ -3,7 +3,7 @@
 use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
 use serde_json::Value;
 
-fn text(v: &Value) -> String {
+pub(super) fn text(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
         Value::String(s) => s.clone(),
@@ -12,7 +12,7 @@ fn text(v: &Value) -> String {
     }
 }
 
-fn pairs(rows: &[(&str, String)]) {
+pub(super) fn pairs(rows: &[(&str, String)]) {
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     for (k, v) in rows {
         println!("{k:<width$}  {v}");

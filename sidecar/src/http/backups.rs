@@ -210,7 +210,7 @@ pub async fn purge(State(state): State<AppState>, bytes: Bytes) -> Result<Respon
     if req.keep_last.is_some() || req.keep_days.is_some() {
         retention = Retention {
             keep_last: req.keep_last,
-            keep_days: req.keep_days,
+            keep_days: req.keep_days.filter(|&d| d > 0),
         };
     }
     if req.dry_run {
