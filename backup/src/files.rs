@@ -29,6 +29,7 @@ pub struct SourceFile {
     pub name: String,
     pub path: PathBuf,
     pub size: u64,
+    pub modified_at: Option<time::OffsetDateTime>,
 }
 
 /// The files of snapshot `tag`: `<data>/<ks>/<table dir>/snapshots/<tag>/*`.
@@ -77,6 +78,7 @@ fn table_subdir_files(data_dir: &Path, subdir: &Path) -> std::io::Result<Vec<Sou
                         name,
                         path: entry.path(),
                         size: meta.len(),
+                        modified_at: meta.modified().ok().map(time::OffsetDateTime::from),
                     });
                 }
             }
@@ -176,15 +178,17 @@ pub struct ProgressView {
 
 impl Progress {
     pub fn start(&self, files: &[SourceFile]) {
-        self.files_total
-            .store(files.len() as u64, Ordering::Relaxed);
-        self.bytes_total
-            .store(files.iter().map(|f| f.size).sum(), Ordering::Relaxed);
+        self.start_totals(files.len() as u64, files.iter().map(|f| f.size).sum());
+    }
+
+    pub fn start_totals(&self, files: u64, bytes: u64) {
+        self.files_total.store(files, Ordering::Relaxed);
+        self.bytes_total.store(bytes, Ordering::Relaxed);
         *self.started.lock().expect("progress lock") = Some(Instant::now());
     }
 
     /// A counter for one upload attempt, included in `bytes_done` while it runs.
-    fn track(&self) -> Arc<AtomicU64> {
+    pub fn track(&self) -> Arc<AtomicU64> {
         let counter = Arc::new(AtomicU64::new(0));
         self.in_flight
             .lock()
@@ -194,7 +198,7 @@ impl Progress {
     }
 
     /// Ends an attempt; a successful one's bytes are kept.
-    fn untrack(&self, counter: &Arc<AtomicU64>, succeeded: bool) {
+    pub fn untrack(&self, counter: &Arc<AtomicU64>, succeeded: bool) {
         self.in_flight
             .lock()
             .expect("progress lock")
@@ -449,6 +453,7 @@ impl FileStorer<'_> {
             key: key.as_str().to_string(),
             stored_size: uploaded.stored_size,
             compression,
+            modified_at: file.modified_at,
         };
         if let Some(journal) = self.journal {
             journal.record(&entry)?;

@@ -10,6 +10,7 @@ pub mod index;
 pub mod layout;
 pub mod manifest;
 pub mod node;
+pub mod restore;
 pub mod retention;
 pub mod store;
 #[cfg(feature = "testing")]

@@ -188,6 +188,14 @@ pub struct FileEntry {
     pub key: String,
     pub stored_size: u64,
     pub compression: Compression,
+    /// The file's modification time: when Cassandra wrote (flushed) it. A
+    /// point-in-time restore takes incremental files written up to its time.
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub modified_at: Option<OffsetDateTime>,
 }
 
 impl FileEntry {
@@ -404,6 +412,7 @@ mod tests {
                 key: "k".into(),
                 stored_size: 10,
                 compression: Compression::None,
+                modified_at: Some(at),
             }],
             totals: Totals::default(),
         };

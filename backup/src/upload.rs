@@ -284,6 +284,27 @@ pub async fn check_object(
     size: u64,
     hash: &str,
 ) -> Result<(), String> {
+    fetch_object(store, key, compression, size, hash, None, None)
+        .await
+        .map_err(|e| match e {
+            BackupError::Corrupt(m) => m,
+            other => other.to_string(),
+        })
+}
+
+/// Downloads an object, decompresses it, checks its size and hash, and (with
+/// `dest`) writes it there: through a temp file beside `dest`, synced and
+/// renamed only once it checked out, so `dest` is never half written or
+/// wrong. A mismatch is `Corrupt`; a failed download is the store's error.
+pub async fn fetch_object(
+    store: &ObjectStore,
+    key: &ObjectKey,
+    compression: Compression,
+    size: u64,
+    hash: &str,
+    dest: Option<&Path>,
+    progress: Option<Arc<AtomicU64>>,
+) -> Result<(), BackupError> {
     let (mut write_end, read_end) = tokio::io::duplex(CHUNK);
     let download = {
         let store = store.clone();
@@ -292,34 +313,110 @@ pub async fn check_object(
     };
     let reader = SyncIoBridge::new(read_end);
     let expected = hash.to_string();
-    let checked = tokio::task::spawn_blocking(move || {
+    let temp = dest.map(|d| {
+        let name = d
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        d.with_file_name(format!(".{name}.{}.part", uuid::Uuid::new_v4().simple()))
+    });
+    let temp_for_thread = temp.clone();
+    let checked = tokio::task::spawn_blocking(move || -> Result<(), BackupError> {
         let mut reader = reader;
-        let mut hasher = blake3::Hasher::new();
+        let file = match &temp_for_thread {
+            Some(t) => Some(io::BufWriter::with_capacity(
+                CHUNK,
+                std::fs::File::create(t).map_err(|source| BackupError::File {
+                    path: t.clone(),
+                    source,
+                })?,
+            )),
+            None => None,
+        };
+        let mut out = HashingWriter {
+            hasher: blake3::Hasher::new(),
+            file,
+            progress,
+        };
         let read = match compression {
-            Compression::None => io::copy(&mut reader, &mut hasher),
+            Compression::None => io::copy(&mut reader, &mut out),
             Compression::Zstd => {
                 zstd::stream::Decoder::with_buffer(io::BufReader::new(&mut reader))
-                    .and_then(|mut decoder| io::copy(&mut decoder, &mut hasher))
+                    .and_then(|mut decoder| io::copy(&mut decoder, &mut out))
             }
         };
         // Drain what is left, so that a bad object never shows up as a broken
         // download.
         let _ = io::copy(&mut reader, &mut io::sink());
-        let n = read.map_err(|e| format!("cannot read it back: {e}"))?;
+        let n = read.map_err(|e| BackupError::Corrupt(format!("cannot read it back: {e}")))?;
         if n != size {
-            return Err(format!("holds {n} bytes, the manifest says {size}"));
+            return Err(BackupError::Corrupt(format!(
+                "holds {n} bytes, the manifest says {size}"
+            )));
         }
-        let actual = hasher.finalize().to_hex().to_string();
+        let actual = out.hasher.finalize().to_hex().to_string();
         if actual != expected {
-            return Err(format!(
+            return Err(BackupError::Corrupt(format!(
                 "content hash {actual} does not match the manifest's {expected}"
-            ));
+            )));
+        }
+        if let (Some(file), Some(t)) = (out.file, &temp_for_thread) {
+            let io_error = |source| BackupError::File {
+                path: t.clone(),
+                source,
+            };
+            let file = file.into_inner().map_err(|e| io_error(e.into_error()))?;
+            file.sync_all().map_err(io_error)?;
         }
         Ok(())
     });
-    let downloaded = download.await.map_err(|e| format!("download task: {e}"))?;
-    let checked = checked.await.map_err(|e| format!("hash thread: {e}"))?;
+    let downloaded = download
+        .await
+        .map_err(|e| BackupError::Internal(format!("download task: {e}")))?;
+    let checked = checked
+        .await
+        .map_err(|e| BackupError::Internal(format!("hash thread: {e}")))?;
     // A failed download explains a short read better than the check does.
-    downloaded.map_err(|e| e.to_string())?;
-    checked
+    let result = downloaded.map_err(BackupError::from).and(checked);
+    match (&result, &temp, dest) {
+        (Ok(()), Some(t), Some(d)) => {
+            std::fs::rename(t, d).map_err(|source| BackupError::File {
+                path: d.to_path_buf(),
+                source,
+            })?;
+        }
+        (Err(_), Some(t), _) => {
+            let _ = std::fs::remove_file(t);
+        }
+        _ => {}
+    }
+    result
+}
+
+/// Hashes what passes through, counts it, and writes it to a file if any.
+struct HashingWriter {
+    hasher: blake3::Hasher,
+    file: Option<io::BufWriter<std::fs::File>>,
+    progress: Option<Arc<AtomicU64>>,
+}
+
+impl Write for HashingWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = match &mut self.file {
+            Some(f) => f.write(data)?,
+            None => data.len(),
+        };
+        self.hasher.update(&data[..n]);
+        if let Some(p) = &self.progress {
+            p.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match &mut self.file {
+            Some(f) => f.flush(),
+            None => Ok(()),
+        }
+    }
 }

@@ -13,6 +13,7 @@ pub mod http;
 pub mod jobs;
 pub mod metrics;
 pub mod node;
+pub mod restore;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -128,11 +129,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         backups.clone(),
         jobs_cancel.clone(),
     ));
+    let restores = restore::Restores::new(backups.clone());
     let state = http::AppState {
         node: node.clone(),
         jobs: jobs.clone(),
         metrics,
         backups,
+        restores,
     };
     info!(api = %config.api.listen, address = %config.node.address, data_dir = %config.node.data_dir.display(), "anchises node sidecar started");
     if config.supervisor.auto_start {

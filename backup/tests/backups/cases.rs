@@ -13,18 +13,18 @@ use tempfile::TempDir;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
-const T1: &str = "events-0123456789abcdef0123456789abcdef";
-const T2: &str = "users-fedcba9876543210fedcba9876543210";
+pub const T1: &str = "events-0123456789abcdef0123456789abcdef";
+pub const T2: &str = "users-fedcba9876543210fedcba9876543210";
 
 /// A node's data directory with two keyspaces' tables and a state directory.
-struct Node {
+pub struct Node {
     _dir: TempDir,
     data: PathBuf,
     state: PathBuf,
 }
 
 impl Node {
-    fn new() -> Self {
+    pub fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let state = dir.path().join("state");
@@ -40,7 +40,7 @@ impl Node {
 
     /// Writes an SSTable (Data, CompressionInfo, Index, TOC) into a table dir:
     /// Data is incompressible, Index compresses well.
-    fn write_sstable(&self, table: &str, generation: u32, data_bytes: usize) {
+    pub fn write_sstable(&self, table: &str, generation: u32, data_bytes: usize) {
         let dir = self.table(table);
         let prefix = format!("nb-{generation}-big");
         std::fs::write(
@@ -65,7 +65,7 @@ impl Node {
         .unwrap();
     }
 
-    fn table(&self, table: &str) -> PathBuf {
+    pub fn table(&self, table: &str) -> PathBuf {
         let ks = if table == T1 { "ks1" } else { "ks2" };
         self.data.join(ks).join(table)
     }
@@ -78,6 +78,22 @@ impl Node {
     /// Hard-links every live component into `backups/` (incremental backup).
     fn link_backups(&self) {
         self.link_into("backups");
+    }
+
+    /// Hard-links one generation's components into `backups/`.
+    pub fn link_backups_of(&self, generation: u32) {
+        for t in [T1, T2] {
+            let dir = self.table(t);
+            let target = dir.join("backups");
+            std::fs::create_dir_all(&target).unwrap();
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let entry = entry.unwrap();
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with(&format!("nb-{generation}-")) {
+                    std::fs::hard_link(entry.path(), target.join(&name)).unwrap();
+                }
+            }
+        }
     }
 
     fn link_into(&self, sub: &str) {
@@ -95,7 +111,7 @@ impl Node {
         }
     }
 
-    fn backups(&self, store: &ObjectStore) -> SlotBackups {
+    pub fn backups(&self, store: &ObjectStore) -> SlotBackups {
         let settings = StoreSettings {
             concurrency: 3,
             ..StoreSettings::default()
@@ -104,7 +120,7 @@ impl Node {
     }
 }
 
-fn slot() -> SlotRef {
+pub fn slot() -> SlotRef {
     SlotRef {
         cluster: "orders".into(),
         dc: "dc1".into(),
@@ -136,7 +152,7 @@ fn pseudo_random(n: usize, seed: u32) -> Vec<u8> {
         .collect()
 }
 
-async fn back_up(
+pub async fn back_up(
     backups: &SlotBackups,
     node: &Node,
     tag: &str,

@@ -4,6 +4,7 @@
 //! against a real Cassandra node in the integration tests.
 
 mod cases;
+mod restore_cases;
 
 /// Runs each named case against a fresh filesystem store and a fresh S3
 /// bucket on moto.
@@ -17,7 +18,7 @@ macro_rules! backup_suite {
                     let store = anchises_backup::ObjectStore::filesystem(dir.path())
                         .expect("store opens")
                         .with_retry_policy(anchises_backup::testing::quick_retries());
-                    crate::cases::$case(store).await;
+                    crate::run!($case, store);
                 }
             )+
         }
@@ -26,11 +27,23 @@ macro_rules! backup_suite {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
                     let store = anchises_backup::testing::MotoServer::shared().store().await;
-                    crate::cases::$case(store).await;
+                    crate::run!($case, store);
                 }
             )+
         }
     };
+}
+
+/// Calls a case by name from whichever module has it.
+#[macro_export]
+macro_rules! run {
+    ($case:ident, $store:expr) => {{
+        #[allow(unused_imports)]
+        use $crate::cases::*;
+        #[allow(unused_imports)]
+        use $crate::restore_cases::*;
+        $case($store).await
+    }};
 }
 
 backup_suite!(
@@ -43,4 +56,8 @@ backup_suite!(
     a_file_vanishing_mid_backup_fails_it_without_a_manifest,
     purge_keeps_what_retention_keeps_and_sweeps_the_rest,
     a_changed_file_under_a_known_name_gets_its_own_object,
+    plans_pick_the_backup_asked_for_and_only_the_tables_asked_for,
+    a_point_in_time_takes_incrementals_written_up_to_it,
+    staging_verifies_every_file_and_resumes,
+    a_manifest_entry_that_escapes_the_data_directory_is_refused,
 );

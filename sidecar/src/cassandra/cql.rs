@@ -66,6 +66,16 @@ impl Cql {
         Ok(session)
     }
 
+    /// Runs one statement that returns no rows (schema changes).
+    pub async fn execute(&self, statement: &str) -> Result<(), CqlError> {
+        let session = self.session().await?;
+        session
+            .query_unpaged(statement, ())
+            .await
+            .map(|_| ())
+            .map_err(|e| CqlError::Query(e.to_string()))
+    }
+
     /// Forgets the session so that the next call reconnects (after a node restart).
     pub async fn reset(&self) {
         *self.session.lock().await = None;

@@ -7,6 +7,7 @@ pub mod error;
 pub(crate) mod jobs;
 pub(crate) mod meta;
 mod node;
+mod restores;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -25,6 +26,7 @@ use crate::backup::Backups;
 use crate::jobs::Jobs;
 use crate::metrics::{HttpLabels, Metrics};
 use crate::node::Node;
+use crate::restore::Restores;
 use error::ApiError;
 
 #[derive(Clone, FromRef)]
@@ -33,6 +35,7 @@ pub struct AppState {
     pub jobs: Jobs,
     pub metrics: Arc<Metrics>,
     pub backups: Arc<Backups>,
+    pub restores: Arc<Restores>,
 }
 
 #[derive(OpenApi)]
@@ -57,6 +60,10 @@ pub struct AppState {
         backups::delete,
         backups::verify,
         backups::purge,
+        restores::create,
+        restores::list,
+        restores::show,
+        restores::cancel,
     ),
     components(schemas(error::ErrorBody))
 )]
@@ -78,6 +85,9 @@ pub fn router(state: AppState) -> Router {
             get(backups::show).delete(backups::delete),
         )
         .route("/v1/backups/{id}/verify", post(backups::verify))
+        .route("/v1/restores", post(restores::create).get(restores::list))
+        .route("/v1/restores/{id}", get(restores::show))
+        .route("/v1/restores/{id}/cancel", post(restores::cancel))
         .route("/v1/jobs", get(jobs::list))
         .route("/v1/jobs/{id}", get(jobs::show))
         .route("/v1/openapi.json", get(meta::openapi))

@@ -1,0 +1,329 @@
+//! Restore planning and staging: which stored files bring a slot back to a
+//! backup or a point in time, and downloading them (verified) into a staging
+//! directory. Loading staged files into Cassandra is the sidecar's job.
+//!
+//! A point in time T takes the newest backup finished at or before T, plus the
+//! incremental SSTables written after that backup started and at or before T.
+//! Incrementals have flush granularity: a row written before T but flushed
+//! after it is not part of the restore.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+use crate::catalog::Catalog;
+use crate::error::BackupError;
+use crate::files::Progress;
+use crate::layout::table_name_of_dir;
+use crate::manifest::{BackupId, FileEntry, NodeManifest, SlotRef};
+use crate::store::ObjectStore;
+use crate::upload::fetch_object;
+
+/// Keyspaces that belong to the node, not to the data: an online restore
+/// leaves them alone.
+pub const SYSTEM_KEYSPACES: &[&str] = &[
+    "system",
+    "system_schema",
+    "system_auth",
+    "system_distributed",
+    "system_traces",
+    "system_views",
+    "system_virtual_schema",
+    "system_cluster_metadata",
+];
+
+pub fn is_system_keyspace(ks: &str) -> bool {
+    SYSTEM_KEYSPACES.contains(&ks)
+}
+
+/// What to restore to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Point {
+    /// The newest backup.
+    Latest,
+    Backup(BackupId),
+    #[serde(with = "time::serde::rfc3339")]
+    At(OffsetDateTime),
+}
+
+/// Which tables to restore.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Selection {
+    /// Only these keyspaces (all non-system ones when both lists are empty).
+    #[serde(default)]
+    pub keyspaces: Vec<String>,
+    /// Only these tables, as `ks.table`.
+    #[serde(default)]
+    pub tables: Vec<String>,
+    /// Include the system keyspaces (a full-node restore).
+    #[serde(default)]
+    pub include_system: bool,
+}
+
+impl Selection {
+    fn takes(&self, keyspace: &str, table: &str) -> bool {
+        if is_system_keyspace(keyspace) && !self.include_system {
+            return false;
+        }
+        if self.keyspaces.is_empty() && self.tables.is_empty() {
+            return true;
+        }
+        self.keyspaces.iter().any(|k| k == keyspace)
+            || self
+                .tables
+                .iter()
+                .any(|t| *t == format!("{keyspace}.{table}"))
+    }
+}
+
+/// The files that restore one slot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotPlan {
+    pub source: SlotRef,
+    /// The snapshot backup the restore starts from.
+    pub base: BackupId,
+    #[serde(with = "time::serde::rfc3339")]
+    pub base_finished_at: OffsetDateTime,
+    /// Files from the incremental log (point in time only).
+    pub incremental_files: usize,
+    pub files: Vec<FileEntry>,
+    pub bytes: u64,
+    /// `ks.table`, sorted.
+    pub tables: Vec<String>,
+    pub tokens: Vec<String>,
+    pub cassandra_version: String,
+    /// The schema at backup time (`DESCRIBE SCHEMA`).
+    pub schema: String,
+}
+
+/// One path segment that cannot leave its directory.
+fn safe_segment(s: &str) -> bool {
+    !s.is_empty() && s != "." && s != ".." && !s.starts_with('.') && !s.contains(['/', '\\', '\0'])
+}
+
+/// Checks that an entry names a file inside `<ks>/<table dir>/` and returns
+/// its table name.
+pub fn check_entry(entry: &FileEntry) -> Result<String, BackupError> {
+    let bad = |why: &str| {
+        BackupError::Corrupt(format!(
+            "manifest entry {:?}/{:?}/{:?} would write outside the data directory ({why}); nothing was restored",
+            entry.keyspace, entry.table_dir, entry.name
+        ))
+    };
+    if !safe_segment(&entry.keyspace)
+        || !safe_segment(&entry.table_dir)
+        || !safe_segment(&entry.name)
+    {
+        return Err(bad(
+            "a path segment is empty, '.', '..', hidden or holds a separator",
+        ));
+    }
+    let table =
+        table_name_of_dir(&entry.table_dir).ok_or_else(|| bad("not a table directory name"))?;
+    Ok(table.to_string())
+}
+
+/// `nb-1-big-Data.db` → `nb-1-big`: the SSTable a component belongs to.
+fn sstable_of(name: &str) -> &str {
+    name.rsplit_once('-').map_or(name, |(prefix, _)| prefix)
+}
+
+/// Plans the restore of `source` to `point` for `selection`.
+pub async fn plan_slot(
+    catalog: &Catalog,
+    source: &SlotRef,
+    point: &Point,
+    selection: &Selection,
+) -> Result<SlotPlan, BackupError> {
+    let manifests = catalog.manifests(source).await?;
+    let base: &NodeManifest = match point {
+        Point::Latest => manifests.last(),
+        Point::Backup(id) => manifests.iter().find(|m| &m.backup_id == id),
+        Point::At(t) => manifests.iter().rev().find(|m| m.finished_at <= *t),
+    }
+    .ok_or_else(|| {
+        BackupError::Invalid(match point {
+            Point::Latest => format!(
+                "slot {} of cluster {} has no backup",
+                source.label(),
+                source.cluster
+            ),
+            Point::Backup(id) => format!(
+                "slot {} of cluster {} has no backup {id}",
+                source.label(),
+                source.cluster
+            ),
+            Point::At(t) => format!(
+                "slot {} of cluster {} has no backup finished at or before {}",
+                source.label(),
+                source.cluster,
+                crate::manifest::rfc3339(*t)
+            ),
+        })
+    })?;
+    let mut chosen: Vec<FileEntry> = Vec::new();
+    for f in &base.files {
+        let table = check_entry(f)?;
+        if selection.takes(&f.keyspace, &table) {
+            chosen.push(f.clone());
+        }
+    }
+    let mut incremental_files = 0;
+    if let Point::At(t) = point {
+        let mut extra: Vec<FileEntry> = Vec::new();
+        for (_, entry) in catalog.incremental_log(source).await? {
+            for f in entry.files {
+                let written = f.modified_at.unwrap_or(entry.written_at);
+                if written <= base.started_at || written > *t {
+                    continue;
+                }
+                let table = check_entry(&f)?;
+                if selection.takes(&f.keyspace, &table) {
+                    extra.push(f);
+                }
+            }
+        }
+        // Only whole SSTables (their TOC is there), each file once.
+        let mut groups: BTreeMap<(String, String, String), Vec<FileEntry>> = BTreeMap::new();
+        for f in extra {
+            groups
+                .entry((
+                    f.keyspace.clone(),
+                    f.table_dir.clone(),
+                    sstable_of(&f.name).to_string(),
+                ))
+                .or_default()
+                .push(f);
+        }
+        let present: BTreeSet<(String, String, String)> = chosen
+            .iter()
+            .map(|f| (f.keyspace.clone(), f.table_dir.clone(), f.name.clone()))
+            .collect();
+        for (_, files) in groups {
+            if !files.iter().any(|f| f.name.ends_with("-TOC.txt")) {
+                continue;
+            }
+            let mut seen = BTreeSet::new();
+            for f in files {
+                let id = (f.keyspace.clone(), f.table_dir.clone(), f.name.clone());
+                if present.contains(&id) || !seen.insert(id) {
+                    continue;
+                }
+                incremental_files += 1;
+                chosen.push(f);
+            }
+        }
+    }
+    let tables: BTreeSet<String> = chosen
+        .iter()
+        .map(|f| {
+            format!(
+                "{}.{}",
+                f.keyspace,
+                table_name_of_dir(&f.table_dir).unwrap_or(&f.table_dir)
+            )
+        })
+        .collect();
+    Ok(SlotPlan {
+        source: source.clone(),
+        base: base.backup_id.clone(),
+        base_finished_at: base.finished_at,
+        incremental_files,
+        bytes: chosen.iter().map(|f| f.size).sum(),
+        files: chosen,
+        tables: tables.into_iter().collect(),
+        tokens: base.tokens.clone(),
+        cassandra_version: base.cassandra_version.clone(),
+        schema: base.schema.clone(),
+    })
+}
+
+/// Where a planned file is staged: `<staging>/<ks>/<table dir>/<name>`.
+pub fn staged_path(staging: &Path, f: &FileEntry) -> PathBuf {
+    staging.join(&f.keyspace).join(&f.table_dir).join(&f.name)
+}
+
+/// Downloads every file into `staging`, each checked against its size and
+/// hash before it gets its name. Files already staged (a rerun) are kept.
+/// Returns how many were downloaded now.
+pub async fn stage(
+    store: &ObjectStore,
+    files: &[FileEntry],
+    staging: &Path,
+    concurrency: usize,
+    progress: &Progress,
+    cancel: &CancellationToken,
+) -> Result<u64, BackupError> {
+    for f in files {
+        check_entry(f)?;
+    }
+    progress.start_totals(files.len() as u64, files.iter().map(|f| f.size).sum());
+    let results: Vec<Result<bool, BackupError>> = futures::stream::iter(files.iter().cloned())
+        .map(|f| async move {
+            let dest = staged_path(staging, &f);
+            if std::fs::metadata(&dest).is_ok_and(|m| m.len() == f.size) {
+                progress.bytes_done.fetch_add(f.size, Ordering::Relaxed);
+                progress.files_done.fetch_add(1, Ordering::Relaxed);
+                progress.files_reused.fetch_add(1, Ordering::Relaxed);
+                return Ok(false);
+            }
+            if cancel.is_cancelled() {
+                return Err(BackupError::Cancelled);
+            }
+            let dir = dest.parent().expect("staged files have a directory");
+            std::fs::create_dir_all(dir).map_err(|source| BackupError::File {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+            let key = f.object_key()?;
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                let counter = progress.track();
+                let result = tokio::select! {
+                    r = fetch_object(store, &key, f.compression, f.size, &f.hash, Some(&dest), Some(counter.clone())) => r,
+                    _ = cancel.cancelled() => Err(BackupError::Cancelled),
+                };
+                progress.untrack(&counter, result.is_ok());
+                match result {
+                    Ok(()) => break,
+                    Err(e) if e.is_retryable() && attempt < 3 => continue,
+                    Err(BackupError::Corrupt(m)) => {
+                        return Err(BackupError::Corrupt(format!("{}: {m}", f.relative_path())))
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            progress.files_done.fetch_add(1, Ordering::Relaxed);
+            progress.files_uploaded.fetch_add(1, Ordering::Relaxed);
+            progress.bytes_uploaded.fetch_add(f.size, Ordering::Relaxed);
+            Ok(true)
+        })
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await;
+    let mut downloaded = 0;
+    let mut first_error = None;
+    for r in results {
+        match r {
+            Ok(true) => downloaded += 1,
+            Ok(false) => {}
+            Err(e) => {
+                progress.error(e.to_string());
+                if first_error.is_none() || matches!(first_error, Some(BackupError::Cancelled)) {
+                    first_error = Some(e);
+                }
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(downloaded),
+    }
+}

@@ -1,0 +1,233 @@
+use anchises_backup::files::Progress;
+use anchises_backup::manifest::BackupId;
+use anchises_backup::restore::{plan_slot, stage, staged_path, Point, Selection};
+use anchises_backup::{BackupError, ObjectStore};
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+use crate::cases::{back_up, slot, Node, T1, T2};
+
+fn all() -> Selection {
+    Selection::default()
+}
+
+pub async fn plans_pick_the_backup_asked_for_and_only_the_tables_asked_for(store: ObjectStore) {
+    let node = Node::new();
+    node.write_sstable(T1, 1, 100_000);
+    node.write_sstable(T2, 1, 50_000);
+    let backups = node.backups(&store);
+    let (first, _) = back_up(&backups, &node, "a").await.unwrap();
+    node.write_sstable(T1, 2, 100_000);
+    let (second, _) = back_up(&backups, &node, "b").await.unwrap();
+
+    let latest = plan_slot(&backups.catalog, &slot(), &Point::Latest, &all())
+        .await
+        .unwrap();
+    assert_eq!(latest.base, second.backup_id);
+    assert_eq!(latest.files.len(), 12);
+    assert_eq!(latest.tables, vec!["ks1.events", "ks2.users"]);
+    let by_id = plan_slot(
+        &backups.catalog,
+        &slot(),
+        &Point::Backup(first.backup_id.clone()),
+        &all(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(by_id.files.len(), 8);
+    let only = Selection {
+        tables: vec!["ks2.users".into()],
+        ..Selection::default()
+    };
+    let plan = plan_slot(&backups.catalog, &slot(), &Point::Latest, &only)
+        .await
+        .unwrap();
+    assert_eq!(plan.tables, vec!["ks2.users"]);
+    assert_eq!(plan.files.len(), 4);
+    assert_eq!(plan.bytes, plan.files.iter().map(|f| f.size).sum::<u64>());
+    let before = OffsetDateTime::now_utc() - time::Duration::days(1);
+    let err = plan_slot(&backups.catalog, &slot(), &Point::At(before), &all())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("no backup finished at or before"),
+        "{err}"
+    );
+    let err = plan_slot(
+        &backups.catalog,
+        &slot(),
+        &Point::Backup(BackupId::parse("20200101T000000Z-000000").unwrap()),
+        &all(),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("has no backup 20200101T000000Z-000000"),
+        "{err}"
+    );
+}
+
+pub async fn a_point_in_time_takes_incrementals_written_up_to_it(store: ObjectStore) {
+    let node = Node::new();
+    node.write_sstable(T1, 1, 100_000);
+    let backups = node.backups(&store);
+    back_up(&backups, &node, "base").await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    node.write_sstable(T1, 2, 100_000);
+    node.link_backups_of(2);
+    let early = backups
+        .upload_incrementals(&Progress::default(), &CancellationToken::new())
+        .await
+        .unwrap()
+        .unwrap();
+    let t = OffsetDateTime::now_utc();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    node.write_sstable(T1, 3, 100_000);
+    node.link_backups_of(3);
+    backups
+        .upload_incrementals(&Progress::default(), &CancellationToken::new())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(early.files.len(), 4);
+
+    let plan = plan_slot(&backups.catalog, &slot(), &Point::At(t), &all())
+        .await
+        .unwrap();
+    assert_eq!(plan.incremental_files, 4, "generation 2 only");
+    let names: Vec<&str> = plan.files.iter().map(|f| f.name.as_str()).collect();
+    assert!(names.contains(&"nb-2-big-Data.db"), "{names:?}");
+    assert!(!names.iter().any(|n| n.starts_with("nb-3-")), "{names:?}");
+    let now = plan_slot(
+        &backups.catalog,
+        &slot(),
+        &Point::At(OffsetDateTime::now_utc()),
+        &all(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(now.incremental_files, 8);
+}
+
+pub async fn staging_verifies_every_file_and_resumes(store: ObjectStore) {
+    let node = Node::new();
+    node.write_sstable(T1, 1, 300_000);
+    node.write_sstable(T2, 1, 300_000);
+    let backups = node.backups(&store);
+    back_up(&backups, &node, "s").await.unwrap();
+    let plan = plan_slot(&backups.catalog, &slot(), &Point::Latest, &all())
+        .await
+        .unwrap();
+    let staging = tempfile::tempdir().unwrap();
+    let progress = Progress::default();
+    let n = stage(
+        &store,
+        &plan.files,
+        staging.path(),
+        3,
+        &progress,
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(n, 8);
+    for f in &plan.files {
+        let staged = std::fs::read(staged_path(staging.path(), f)).unwrap();
+        let original = std::fs::read(
+            node.table(if f.keyspace == "ks1" { T1 } else { T2 })
+                .join(&f.name),
+        )
+        .unwrap();
+        assert_eq!(staged, original, "{}", f.name);
+    }
+    assert_eq!(progress.view().bytes_done, plan.bytes);
+    // A rerun downloads only what is missing.
+    std::fs::remove_file(staged_path(staging.path(), &plan.files[0])).unwrap();
+    let again = stage(
+        &store,
+        &plan.files,
+        staging.path(),
+        3,
+        &Progress::default(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(again, 1);
+
+    // A corrupted object fails staging, naming the file, and leaves no file
+    // under its name.
+    let victim = plan
+        .files
+        .iter()
+        .find(|f| f.name.ends_with("Index.db"))
+        .unwrap();
+    let key = victim.object_key().unwrap();
+    let mut bytes = store.get(&key).await.unwrap().to_vec();
+    bytes[10] ^= 1;
+    store.put(&key, bytes.into()).await.unwrap();
+    let fresh = tempfile::tempdir().unwrap();
+    let err = stage(
+        &store,
+        &plan.files,
+        fresh.path(),
+        3,
+        &Progress::default(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, BackupError::Corrupt(_)), "{err:?}");
+    assert!(err.to_string().contains(&victim.name), "{err}");
+    assert!(!staged_path(fresh.path(), victim).exists());
+    // A missing object too.
+    store.delete(&key).await.unwrap();
+    let err = stage(
+        &store,
+        &plan.files,
+        fresh.path(),
+        3,
+        &Progress::default(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("not found"), "{err}");
+}
+
+pub async fn a_manifest_entry_that_escapes_the_data_directory_is_refused(store: ObjectStore) {
+    let node = Node::new();
+    node.write_sstable(T1, 1, 10_000);
+    let backups = node.backups(&store);
+    let (mut manifest, _) = back_up(&backups, &node, "x").await.unwrap();
+    manifest.files[0].table_dir = "../../etc".into();
+    manifest.backup_id = BackupId::generate(OffsetDateTime::now_utc() + time::Duration::seconds(5));
+    manifest.finished_at += time::Duration::seconds(5);
+    backups.catalog.put_manifest(&manifest).await.unwrap();
+    let err = plan_slot(&backups.catalog, &slot(), &Point::Latest, &all())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("would write outside the data directory"),
+        "{err}"
+    );
+    let staging = tempfile::tempdir().unwrap();
+    let err = stage(
+        &store,
+        &manifest.files,
+        staging.path(),
+        2,
+        &Progress::default(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("would write outside"), "{err}");
+    assert_eq!(
+        std::fs::read_dir(staging.path()).unwrap().count(),
+        0,
+        "nothing staged"
+    );
+}

@@ -1,0 +1,749 @@
+//! Online restores of keyspaces and tables into this node: plan (the slot's
+//! backup or point in time), check the schema against the live one, stage
+//! every file (downloaded and hash-checked) under the data directory's
+//! filesystem, then load each table with `importNewSSTables`. The node keeps
+//! serving throughout. Nothing live is touched before every file is staged and
+//! every schema check passed.
+//!
+//! Each restore keeps its state in `<data_dir>/anchises/restore/<id>/`: the
+//! request, the staged files, and the tables already imported. The same
+//! request made again after a crash continues that restore.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anchises_backup::catalog::Catalog;
+use anchises_backup::files::{Progress, ProgressView};
+use anchises_backup::manifest::SlotRef;
+use anchises_backup::restore::{is_system_keyspace, plan_slot, stage, Point, Selection, SlotPlan};
+use anchises_backup::BackupError;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+use utoipa::ToSchema;
+
+use crate::backup::{Backups, StartError, GROUP};
+use crate::cassandra::cql::SchemaElement;
+use crate::jobs::Job;
+
+/// `POST /v1/restores`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRestore {
+    /// The cluster whose backups to restore from (default: this node's).
+    pub source_cluster: Option<String>,
+    /// A backup id; without it and without `at`, the newest backup.
+    pub backup_id: Option<String>,
+    /// A point in time (RFC 3339): the newest backup finished by then plus the
+    /// incremental SSTables written up to it.
+    pub at: Option<String>,
+    /// Keyspaces to restore (all non-system ones when both lists are empty).
+    #[serde(default)]
+    pub keyspaces: Vec<String>,
+    /// Tables to restore, as `ks.table`.
+    #[serde(default)]
+    pub tables: Vec<String>,
+    /// Create keyspaces, types and tables missing from the live schema, from
+    /// the backed-up schema.
+    #[serde(default)]
+    pub create_schema: bool,
+    /// Only return the plan.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+impl CreateRestore {
+    fn point(&self) -> Result<Point, String> {
+        match (&self.backup_id, &self.at) {
+            (Some(_), Some(_)) => Err("give backup_id or at, not both".into()),
+            (Some(id), None) => anchises_backup::manifest::BackupId::parse(id).map(Point::Backup),
+            (None, Some(at)) => {
+                OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
+                    .map(Point::At)
+                    .map_err(|e| {
+                        format!(
+                            "at {at:?} is not an RFC 3339 time (e.g. 2026-11-26T09:55:00Z): {e}"
+                        )
+                    })
+            }
+            (None, None) => Ok(Point::Latest),
+        }
+    }
+
+    fn selection(&self) -> Result<Selection, String> {
+        let name_ok =
+            |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        for ks in &self.keyspaces {
+            if !name_ok(ks) {
+                return Err(format!("invalid keyspace name {ks:?}"));
+            }
+            if is_system_keyspace(ks) {
+                return Err(format!(
+                    "{ks} is a system keyspace: an online restore leaves those alone"
+                ));
+            }
+        }
+        for t in &self.tables {
+            match t.split_once('.') {
+                Some((ks, table)) if name_ok(ks) && name_ok(table) && !is_system_keyspace(ks) => {}
+                _ => {
+                    return Err(format!(
+                        "invalid table {t:?}: use keyspace.table (not a system keyspace)"
+                    ))
+                }
+            }
+        }
+        Ok(Selection {
+            keyspaces: self.keyspaces.clone(),
+            tables: self.tables.clone(),
+            include_system: false,
+        })
+    }
+}
+
+/// The plan as the API shows it (without the file list).
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanView {
+    pub source: SlotRef,
+    pub target: SlotRef,
+    pub base_backup: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub base_finished_at: OffsetDateTime,
+    pub files: usize,
+    pub incremental_files: usize,
+    pub bytes: u64,
+    pub tables: Vec<String>,
+    /// Tables to create from the backed-up schema.
+    pub create: Vec<String>,
+    /// What stops the restore; empty when it can run.
+    pub blockers: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RestoreState {
+    Running,
+    Done,
+    Failed,
+    Cancelled,
+}
+
+/// `GET /v1/restores/{id}`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreView {
+    pub id: String,
+    pub state: RestoreState,
+    /// `plan`, `stage`, `schema`, `import`, `done`.
+    pub phase: String,
+    pub node: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub finished_at: Option<OffsetDateTime>,
+    pub job: uuid::Uuid,
+    pub request: CreateRestore,
+    pub plan: Option<PlanView>,
+    pub progress: ProgressView,
+    pub imported_tables: Vec<String>,
+    pub error: Option<String>,
+}
+
+/// What survives a crash: the request and the tables already imported.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct SavedState {
+    request: CreateRestore,
+    imported: Vec<String>,
+    finished: bool,
+}
+
+struct Run {
+    id: String,
+    job: uuid::Uuid,
+    started_at: OffsetDateTime,
+    request: CreateRestore,
+    cancel: CancellationToken,
+    progress: Arc<Progress>,
+    shared: Arc<Mutex<Shared>>,
+}
+
+#[derive(Default)]
+struct Shared {
+    phase: String,
+    plan: Option<PlanView>,
+    imported: Vec<String>,
+    state: Option<RestoreState>,
+    error: Option<String>,
+    finished_at: Option<OffsetDateTime>,
+}
+
+pub struct Restores {
+    backups: Arc<Backups>,
+    runs: Mutex<Vec<Run>>,
+}
+
+const TABLES_MBEAN: &str = "org.apache.cassandra.db:type=Tables";
+
+impl Restores {
+    pub fn new(backups: Arc<Backups>) -> Arc<Self> {
+        Arc::new(Restores {
+            backups,
+            runs: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn root(&self) -> PathBuf {
+        crate::backup::state_dir(&self.backups.config).join("restore")
+    }
+
+    fn catalog(&self) -> &Catalog {
+        &self.backups.slot_backups.catalog
+    }
+
+    /// The source slot: this node's slot in the source cluster (same data
+    /// center and slot number; a restore into another cluster needs the same
+    /// slot layout, and the plan blocks when the tokens differ).
+    fn source_slot(&self, req: &CreateRestore) -> SlotRef {
+        let own = self.backups.slot();
+        SlotRef {
+            cluster: req
+                .source_cluster
+                .clone()
+                .unwrap_or_else(|| own.cluster.clone()),
+            dc: own.dc.clone(),
+            slot: own.slot,
+        }
+    }
+
+    /// Plans the restore and checks it against the live schema and ring.
+    pub async fn plan(&self, req: &CreateRestore) -> Result<(SlotPlan, PlanView), StartError> {
+        let point = req.point().map_err(StartError::Invalid)?;
+        let selection = req.selection().map_err(StartError::Invalid)?;
+        let source = self.source_slot(req);
+        let plan = plan_slot(self.catalog(), &source, &point, &selection)
+            .await
+            .map_err(|e| match e {
+                BackupError::Invalid(m) | BackupError::Corrupt(m) => StartError::Invalid(m),
+                other => StartError::Invalid(format!("cannot read the backups: {other}")),
+            })?;
+        let mut blockers = Vec::new();
+        if plan.files.is_empty() {
+            blockers.push("the backup holds no file of the tables asked for".to_string());
+        }
+        for t in req.tables.iter() {
+            if !plan.tables.contains(t) {
+                blockers.push(format!("table {t} is not in backup {}", plan.base));
+            }
+        }
+        for ks in req.keyspaces.iter() {
+            if !plan.tables.iter().any(|t| t.starts_with(&format!("{ks}."))) {
+                blockers.push(format!("keyspace {ks} is not in backup {}", plan.base));
+            }
+        }
+        let live =
+            self.backups.node.cql.describe_schema().await.map_err(|e| {
+                StartError::Busy(format!("cannot read the live schema over CQL: {e}"))
+            })?;
+        let schema = SchemaCheck::new(&plan.schema, &live);
+        let mut create = Vec::new();
+        for t in &plan.tables {
+            match schema.check(t) {
+                TableCheck::Same => {}
+                TableCheck::Missing if req.create_schema => create.push(t.clone()),
+                TableCheck::Missing => blockers.push(format!(
+                    "table {t} does not exist; pass create_schema to create it from the backup's schema"
+                )),
+                TableCheck::NotInBackupSchema => {
+                    blockers.push(format!("table {t} has no CREATE statement in the backup's schema"))
+                }
+                TableCheck::Differs { live, backup } => blockers.push(format!(
+                    "the live schema of {t} differs from the backup's; restore refused\n  live:   {}\n  backup: {}",
+                    one_line(&live),
+                    one_line(&backup)
+                )),
+            }
+        }
+        let own_tokens = self
+            .backups
+            .node
+            .jolokia
+            .read("org.apache.cassandra.db:type=StorageService", "Tokens")
+            .await
+            .ok()
+            .and_then(|v| v.as_array().cloned())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|t| t.as_str().map(str::to_string))
+                    .collect::<Vec<_>>()
+            });
+        if let Some(mut own) = own_tokens {
+            let mut theirs = plan.tokens.clone();
+            own.sort();
+            theirs.sort();
+            if own != theirs {
+                blockers.push(format!(
+                    "slot {} of the source had tokens {:?}, this node has {:?}: restore into a node with the same tokens",
+                    plan.source.label(),
+                    plan.tokens,
+                    own
+                ));
+            }
+        }
+        let view = PlanView {
+            source: plan.source.clone(),
+            target: self.backups.slot().clone(),
+            base_backup: plan.base.to_string(),
+            base_finished_at: plan.base_finished_at,
+            files: plan.files.len(),
+            incremental_files: plan.incremental_files,
+            bytes: plan.bytes,
+            tables: plan.tables.clone(),
+            create,
+            blockers,
+        };
+        Ok((plan, view))
+    }
+
+    /// Starts (or, for the same request as an unfinished one, continues) a
+    /// restore of this node.
+    pub async fn start(self: &Arc<Self>, req: CreateRestore) -> Result<(String, Job), StartError> {
+        let (plan, view) = self.plan(&req).await?;
+        if !view.blockers.is_empty() {
+            return Err(StartError::Invalid(format!(
+                "restore blocked: {}",
+                view.blockers.join("; ")
+            )));
+        }
+        let id = self
+            .unfinished(&req)
+            .unwrap_or_else(|| format!("r{}", &uuid::Uuid::new_v4().simple().to_string()[..12]));
+        let dir = self.root().join(&id);
+        let mut saved = read_state(&dir).unwrap_or_default();
+        saved.request = req.clone();
+        write_state(&dir, &saved)
+            .map_err(|e| StartError::Invalid(format!("cannot write the restore state: {e}")))?;
+        let shared = Arc::new(Mutex::new(Shared {
+            phase: "stage".into(),
+            plan: Some(view),
+            imported: saved.imported.clone(),
+            state: Some(RestoreState::Running),
+            ..Shared::default()
+        }));
+        let progress = Arc::new(Progress::default());
+        let cancel = CancellationToken::new();
+        let this = self.clone();
+        let (job_shared, job_progress, job_cancel) =
+            (shared.clone(), progress.clone(), cancel.clone());
+        let job = self
+            .backups
+            .jobs
+            .start(GROUP, "restore", move |job_token| async move {
+                let stop = job_cancel.clone();
+                tokio::spawn(async move {
+                    job_token.cancelled().await;
+                    stop.cancel();
+                });
+                let outcome = this
+                    .run(&dir, plan, &job_shared, &job_progress, &job_cancel)
+                    .await;
+                let mut s = job_shared.lock().expect("restore lock");
+                s.finished_at = Some(OffsetDateTime::now_utc());
+                match &outcome {
+                    Ok(_) => s.state = Some(RestoreState::Done),
+                    Err(BackupError::Cancelled) => {
+                        s.state = Some(RestoreState::Cancelled);
+                        s.error = Some("cancelled".into());
+                    }
+                    Err(e) => {
+                        s.state = Some(RestoreState::Failed);
+                        s.error = Some(e.to_string());
+                    }
+                }
+                outcome.map_err(|e| e.to_string())
+            })
+            .map_err(StartError::Conflict)?;
+        self.runs.lock().expect("runs lock").push(Run {
+            id: id.clone(),
+            job: job.id,
+            started_at: OffsetDateTime::now_utc(),
+            request: req,
+            cancel,
+            progress,
+            shared,
+        });
+        Ok((id, job))
+    }
+
+    /// An unfinished restore (on disk) with the same request.
+    fn unfinished(&self, req: &CreateRestore) -> Option<String> {
+        let entries = std::fs::read_dir(self.root()).ok()?;
+        for entry in entries.flatten() {
+            if let Some(saved) = read_state(&entry.path()) {
+                if !saved.finished && saved.request == *req {
+                    return Some(entry.file_name().to_string_lossy().into_owned());
+                }
+            }
+        }
+        None
+    }
+
+    async fn run(
+        &self,
+        dir: &Path,
+        plan: SlotPlan,
+        shared: &Mutex<Shared>,
+        progress: &Progress,
+        cancel: &CancellationToken,
+    ) -> Result<Value, BackupError> {
+        let set_phase = |p: &str| shared.lock().expect("restore lock").phase = p.to_string();
+        let staging = dir.join("staging");
+        let mut saved = read_state(dir).unwrap_or_default();
+        // Tables already imported are not staged again (their files were
+        // moved into the table by the import).
+        let pending: Vec<_> = plan
+            .files
+            .iter()
+            .filter(|f| !saved.imported.contains(&table_of(f)))
+            .cloned()
+            .collect();
+        set_phase("stage");
+        let downloaded = stage(
+            &self.backups.slot_backups.store,
+            &pending,
+            &staging,
+            self.backups.config.backup.concurrency * 2,
+            progress,
+            cancel,
+        )
+        .await?;
+        if cancel.is_cancelled() {
+            return Err(BackupError::Cancelled);
+        }
+        set_phase("schema");
+        let live = self
+            .backups
+            .node
+            .cql
+            .describe_schema()
+            .await
+            .map_err(|e| BackupError::Invalid(format!("cannot read the live schema: {e}")))?;
+        let check = SchemaCheck::new(&plan.schema, &live);
+        for statement in check.creates(&plan.tables) {
+            self.backups
+                .node
+                .cql
+                .execute(&statement)
+                .await
+                .map_err(|e| {
+                    BackupError::Invalid(format!("cannot create {}: {e}", one_line(&statement)))
+                })?;
+        }
+        set_phase("import");
+        let mut by_table: HashMap<String, Vec<PathBuf>> = HashMap::new();
+        for f in &pending {
+            let table_dir = staging.join(&f.keyspace).join(&f.table_dir);
+            let dirs = by_table.entry(table_of(f)).or_default();
+            if !dirs.contains(&table_dir) {
+                dirs.push(table_dir);
+            }
+        }
+        let mut tables: Vec<_> = by_table.into_iter().collect();
+        tables.sort();
+        for (table, dirs) in tables {
+            if cancel.is_cancelled() {
+                return Err(BackupError::Cancelled);
+            }
+            let (ks, name) = table.split_once('.').expect("ks.table");
+            let paths: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+            let failed = self
+                .backups
+                .node
+                .jolokia
+                .exec(
+                    &format!("{TABLES_MBEAN},keyspace={ks},table={name}"),
+                    "importNewSSTables(java.util.Set,boolean,boolean,boolean,boolean,boolean,boolean,boolean,boolean,boolean)",
+                    // srcPaths, resetLevel, clearRepaired, verifySSTables,
+                    // verifyTokens, invalidateCaches, extendedVerify, copyData,
+                    // failOnMissingIndex, validateIndexChecksum
+                    vec![json!(paths), json!(true), json!(true), json!(true), json!(true), json!(true), json!(false), json!(false), json!(false), json!(true)],
+                    self.backups.config.cassandra.start_timeout,
+                )
+                .await
+                .map_err(|e| BackupError::Invalid(format!("import into {table} failed: {e}")))?;
+            if failed.as_array().is_some_and(|a| !a.is_empty()) {
+                return Err(BackupError::Invalid(format!(
+                    "Cassandra could not import into {table} from {failed}"
+                )));
+            }
+            saved.imported.push(table.clone());
+            write_state(dir, &saved).map_err(|source| BackupError::File {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+            shared.lock().expect("restore lock").imported.push(table);
+        }
+        saved.finished = true;
+        write_state(dir, &saved).map_err(|source| BackupError::File {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let _ = std::fs::remove_dir_all(&staging);
+        set_phase("done");
+        Ok(json!({
+            "base_backup": plan.base,
+            "files": plan.files.len(),
+            "downloaded": downloaded,
+            "bytes": plan.bytes,
+            "tables": plan.tables,
+        }))
+    }
+
+    pub fn cancel(&self, id: &str) -> Option<bool> {
+        let runs = self.runs.lock().expect("runs lock");
+        let run = runs.iter().find(|r| r.id == id)?;
+        let running = run.shared.lock().expect("restore lock").state == Some(RestoreState::Running);
+        if running {
+            run.cancel.cancel();
+        }
+        Some(running)
+    }
+
+    pub fn list(&self) -> Vec<RestoreView> {
+        let mut out: Vec<RestoreView> = self
+            .runs
+            .lock()
+            .expect("runs lock")
+            .iter()
+            .map(|r| self.view(r))
+            .collect();
+        out.sort_by_key(|r| std::cmp::Reverse(r.started_at));
+        out
+    }
+
+    pub fn show(&self, id: &str) -> Option<RestoreView> {
+        self.runs
+            .lock()
+            .expect("runs lock")
+            .iter()
+            .find(|r| r.id == id)
+            .map(|r| self.view(r))
+    }
+
+    fn view(&self, r: &Run) -> RestoreView {
+        let s = r.shared.lock().expect("restore lock");
+        RestoreView {
+            id: r.id.clone(),
+            state: s.state.unwrap_or(RestoreState::Running),
+            phase: s.phase.clone(),
+            node: self.backups.config.node.address.to_string(),
+            started_at: r.started_at,
+            finished_at: s.finished_at,
+            job: r.job,
+            request: r.request.clone(),
+            plan: s.plan.clone(),
+            progress: r.progress.view(),
+            imported_tables: s.imported.clone(),
+            error: s.error.clone(),
+        }
+    }
+}
+
+fn table_of(f: &anchises_backup::manifest::FileEntry) -> String {
+    format!(
+        "{}.{}",
+        f.keyspace,
+        anchises_backup::layout::table_name_of_dir(&f.table_dir).unwrap_or(&f.table_dir)
+    )
+}
+
+fn read_state(dir: &Path) -> Option<SavedState> {
+    serde_json::from_slice(&std::fs::read(dir.join("state.json")).ok()?).ok()
+}
+
+fn write_state(dir: &Path, state: &SavedState) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(".state.json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(state).expect("serializes"))?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(tmp, dir.join("state.json"))
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+enum TableCheck {
+    Same,
+    Missing,
+    NotInBackupSchema,
+    Differs { live: String, backup: String },
+}
+
+/// The backed-up schema (statements of `DESCRIBE SCHEMA`) against the live one.
+struct SchemaCheck<'a> {
+    backup: Vec<&'a str>,
+    live: &'a [SchemaElement],
+}
+
+impl<'a> SchemaCheck<'a> {
+    fn new(backup: &'a str, live: &'a [SchemaElement]) -> Self {
+        SchemaCheck {
+            backup: backup
+                .split("\n\n")
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .collect(),
+            live,
+        }
+    }
+
+    fn backup_statement(&self, kind: &str, name: &str) -> Option<&'a str> {
+        let prefixes = [
+            format!("CREATE {kind} {name} "),
+            format!("CREATE {kind} {name}("),
+            format!("CREATE {kind} IF NOT EXISTS {name} "),
+        ];
+        self.backup
+            .iter()
+            .find(|s| prefixes.iter().any(|p| s.starts_with(p.as_str())))
+            .copied()
+    }
+
+    fn live_statement(&self, kind: &str, ks: &str, name: &str) -> Option<&'a str> {
+        self.live
+            .iter()
+            .find(|e| e.kind == kind && e.keyspace == ks && e.name == name)
+            .map(|e| e.create_statement.as_str())
+    }
+
+    fn check(&self, table: &str) -> TableCheck {
+        let (ks, name) = table.split_once('.').expect("ks.table");
+        let Some(backup) = self.backup_statement("TABLE", table) else {
+            return TableCheck::NotInBackupSchema;
+        };
+        match self.live_statement("table", ks, name) {
+            None => TableCheck::Missing,
+            Some(live) if one_line(live) == one_line(backup) => TableCheck::Same,
+            Some(live) => TableCheck::Differs {
+                live: live.to_string(),
+                backup: backup.to_string(),
+            },
+        }
+    }
+
+    /// Statements creating what `tables` need and the live schema lacks: the
+    /// keyspace, its types, the table.
+    fn creates(&self, tables: &[String]) -> Vec<String> {
+        let mut out = Vec::new();
+        for table in tables {
+            let (ks, name) = table.split_once('.').expect("ks.table");
+            if self.live_statement("table", ks, name).is_some() {
+                continue;
+            }
+            if !self
+                .live
+                .iter()
+                .any(|e| e.keyspace == ks && e.kind == "keyspace")
+            {
+                if let Some(s) = self.backup_statement("KEYSPACE", ks) {
+                    let s = s.replacen("CREATE KEYSPACE", "CREATE KEYSPACE IF NOT EXISTS", 1);
+                    if !out.contains(&s) {
+                        out.push(s);
+                    }
+                }
+            }
+            for s in &self.backup {
+                if s.starts_with(&format!("CREATE TYPE {ks}.")) {
+                    let s = s.replacen("CREATE TYPE", "CREATE TYPE IF NOT EXISTS", 1);
+                    if !out.contains(&s) {
+                        out.push(s);
+                    }
+                }
+            }
+            if let Some(s) = self.backup_statement("TABLE", table) {
+                out.push(s.replacen("CREATE TABLE", "CREATE TABLE IF NOT EXISTS", 1));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn el(ks: &str, kind: &str, name: &str, stmt: &str) -> SchemaElement {
+        SchemaElement {
+            keyspace: ks.into(),
+            kind: kind.into(),
+            name: name.into(),
+            create_statement: stmt.into(),
+        }
+    }
+
+    const BACKUP: &str = "CREATE KEYSPACE shop WITH replication = {'class': 'SimpleStrategy', 'replication_factor': '1'}  AND durable_writes = true;\n\nCREATE TYPE shop.address (\n    street text\n);\n\nCREATE TABLE shop.orders (\n    id int PRIMARY KEY,\n    ship address\n) WITH comment = '';\n\nCREATE TABLE shop.items (\n    id int PRIMARY KEY\n);";
+
+    #[test]
+    fn schema_checks_compare_statements_and_create_what_is_missing() {
+        let live = vec![
+            el("shop", "keyspace", "shop", "CREATE KEYSPACE shop ..."),
+            el(
+                "shop",
+                "table",
+                "items",
+                "CREATE TABLE shop.items (\n    id text PRIMARY KEY\n);",
+            ),
+        ];
+        let check = SchemaCheck::new(BACKUP, &live);
+        assert!(matches!(check.check("shop.orders"), TableCheck::Missing));
+        assert!(matches!(
+            check.check("shop.items"),
+            TableCheck::Differs { .. }
+        ));
+        assert!(matches!(
+            check.check("shop.nope"),
+            TableCheck::NotInBackupSchema
+        ));
+        let creates = check.creates(&["shop.orders".into()]);
+        assert_eq!(creates.len(), 2, "{creates:?}");
+        assert!(creates[0].starts_with("CREATE TYPE IF NOT EXISTS shop.address"));
+        assert!(creates[1].starts_with("CREATE TABLE IF NOT EXISTS shop.orders"));
+        let empty: Vec<SchemaElement> = vec![];
+        let creates = SchemaCheck::new(BACKUP, &empty).creates(&["shop.items".into()]);
+        assert!(
+            creates[0].starts_with("CREATE KEYSPACE IF NOT EXISTS shop"),
+            "{creates:?}"
+        );
+        let same = vec![el(
+            "shop",
+            "table",
+            "items",
+            "CREATE TABLE shop.items (\n  id int PRIMARY KEY\n);",
+        )];
+        assert!(matches!(
+            SchemaCheck::new(BACKUP, &same).check("shop.items"),
+            TableCheck::Same
+        ));
+    }
+
+    #[test]
+    fn requests_are_checked() {
+        let mut r = CreateRestore {
+            backup_id: Some("x/../y".into()),
+            ..CreateRestore::default()
+        };
+        assert!(r.point().is_err());
+        r.backup_id = None;
+        r.at = Some("yesterday".into());
+        assert!(r.point().unwrap_err().contains("RFC 3339"));
+        r.at = Some("2026-11-26T09:55:00Z".into());
+        assert!(matches!(r.point(), Ok(Point::At(_))));
+        r.tables = vec!["system.local".into()];
+        assert!(r.selection().is_err());
+        r.tables = vec!["shop".into()];
+        assert!(r.selection().unwrap_err().contains("keyspace.table"));
+        r.tables = vec!["shop.orders".into()];
+        assert!(r.selection().is_ok());
+    }
+}
