@@ -1,0 +1,312 @@
+//! Online restores into a real Cassandra node: a dataset of many shapes
+//! truncated and dropped, then restored exactly; a point in time with
+//! incrementals; schema conflicts refused before anything is touched.
+//! Node-heavy: run with `--test-threads=1`.
+
+use std::time::{Duration, Instant};
+
+use anchises_integration::{cql, NodeSpec, TestNode};
+use scylla::client::session::Session;
+use serde_json::Value;
+
+/// Every row of a table, as text, sorted.
+async fn scan(session: &Session, table: &str) -> Vec<String> {
+    let result = session
+        .query_unpaged(format!("SELECT * FROM {table}"), ())
+        .await
+        .unwrap()
+        .into_rows_result()
+        .unwrap();
+    let mut rows: Vec<String> = result
+        .rows::<scylla::value::Row>()
+        .unwrap()
+        .map(|r| format!("{:?}", r.unwrap().columns))
+        .collect();
+    rows.sort();
+    rows
+}
+
+async fn exec(session: &Session, statement: &str) {
+    session
+        .query_unpaged(statement, ())
+        .await
+        .unwrap_or_else(|e| panic!("{statement}: {e}"));
+}
+
+async fn job_of(node: &TestNode, started: &Value) -> Value {
+    node.wait_job(&format!(
+        "/v1/jobs/{}",
+        started["job"]["id"].as_str().unwrap()
+    ))
+    .await
+}
+
+async fn backup(node: &TestNode, body: &str) -> String {
+    let (status, _, started) = node.request("POST", "/v1/backups", Some(body)).await;
+    assert_eq!(status, 202, "{started}");
+    let job = job_of(node, &started).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    started["id"].as_str().unwrap().to_string()
+}
+
+/// Waits until the slot's incremental log holds a file of `table_prefix`
+/// newer than `after`.
+async fn wait_incremental(node: &TestNode, table_prefix: &str, seen: usize) -> usize {
+    let store = anchises_backup::ObjectStore::filesystem(node.dir.join("backup-store")).unwrap();
+    let catalog = anchises_backup::catalog::Catalog::new(store);
+    let slot = anchises_backup::manifest::SlotRef {
+        cluster: node.spec.cluster.clone(),
+        dc: "dc1".into(),
+        slot: 0,
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let n = catalog
+            .incremental_log(&slot)
+            .await
+            .unwrap()
+            .iter()
+            .flat_map(|(_, e)| &e.files)
+            .filter(|f| f.table_dir.starts_with(table_prefix) && f.name.ends_with("-TOC.txt"))
+            .count();
+        if n > seen {
+            return n;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no incremental upload of {table_prefix}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn online_restores_bring_back_tables_exactly_and_to_a_point_in_time() {
+    let node = TestNode::start(NodeSpec {
+        extra_toml: "\n[backup]\nschedule = \"off\"\n".into(),
+        ..NodeSpec::new("rs", 73)
+    })
+    .await;
+    node.wait_normal().await;
+    let session = cql(node.address).await;
+    for s in [
+        "CREATE KEYSPACE shop WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}",
+        "CREATE TYPE shop.address (street text, city text)",
+        "CREATE TABLE shop.orders (customer int, seq int, note text STATIC, items list<text>, tags set<text>, attrs map<text, int>, ship frozen<address>, PRIMARY KEY (customer, seq)) WITH CLUSTERING ORDER BY (seq DESC)",
+        "CREATE TABLE shop.visits (id int PRIMARY KEY, n counter)",
+        "CREATE TABLE shop.sessions (id int PRIMARY KEY, v text, w int)",
+    ] {
+        exec(&session, s).await;
+    }
+    for c in 0..20 {
+        exec(
+            &session,
+            &format!("UPDATE shop.orders SET note = 'customer {c}' WHERE customer = {c}"),
+        )
+        .await;
+        for s in 0..10 {
+            exec(
+                &session,
+                &format!(
+                    "INSERT INTO shop.orders (customer, seq, items, tags, attrs, ship) VALUES ({c}, {s}, ['a{s}', 'b'], {{'t{}'}}, {{'k': {s}}}, {{street: '{s} Main', city: 'C{c}'}})",
+                    s % 3
+                ),
+            )
+            .await;
+        }
+        exec(
+            &session,
+            &format!("UPDATE shop.visits SET n = n + {} WHERE id = {c}", c + 1),
+        )
+        .await;
+        exec(
+            &session,
+            &format!(
+                "INSERT INTO shop.sessions (id, v, w) VALUES ({c}, 'v{c}', {c}) USING TTL 86400"
+            ),
+        )
+        .await;
+    }
+    // Deletes: a row, a cell, a range of clustering rows.
+    exec(&session, "DELETE FROM shop.sessions WHERE id = 3").await;
+    exec(&session, "DELETE w FROM shop.sessions WHERE id = 4").await;
+    exec(
+        &session,
+        "DELETE FROM shop.orders WHERE customer = 5 AND seq < 4",
+    )
+    .await;
+    let tables = ["shop.orders", "shop.visits", "shop.sessions"];
+    let mut before = Vec::new();
+    for t in tables {
+        before.push(scan(&session, t).await);
+    }
+    assert_eq!(before[0].len(), 196);
+    assert_eq!(before[2].len(), 19);
+
+    backup(&node, r#"{"keyspaces": ["shop"]}"#).await;
+    exec(&session, "TRUNCATE shop.orders").await;
+    exec(&session, "TRUNCATE shop.visits").await;
+    exec(&session, "DROP TABLE shop.sessions").await;
+    assert!(scan(&session, "shop.orders").await.is_empty());
+
+    // The plan says what blocks it, and what it would create when asked.
+    let (status, _, dry) = node
+        .request(
+            "POST",
+            "/v1/restores",
+            Some(r#"{"keyspaces": ["shop"], "dry_run": true}"#),
+        )
+        .await;
+    assert_eq!(status, 200, "{dry}");
+    let blockers = dry["plan"]["blockers"].as_array().unwrap();
+    assert_eq!(blockers.len(), 1, "{dry}");
+    assert!(
+        blockers[0]
+            .as_str()
+            .unwrap()
+            .contains("shop.sessions does not exist"),
+        "{dry}"
+    );
+    let (status, _, refused) = node
+        .request("POST", "/v1/restores", Some(r#"{"keyspaces": ["shop"]}"#))
+        .await;
+    assert_eq!(status, 400, "{refused}");
+    let (status, _, dry) = node
+        .request(
+            "POST",
+            "/v1/restores",
+            Some(r#"{"keyspaces": ["shop"], "create_schema": true, "dry_run": true}"#),
+        )
+        .await;
+    assert_eq!(status, 200, "{dry}");
+    assert_eq!(dry["plan"]["blockers"], serde_json::json!([]), "{dry}");
+    assert_eq!(
+        dry["plan"]["create"],
+        serde_json::json!(["shop.sessions"]),
+        "{dry}"
+    );
+    assert_eq!(
+        dry["plan"]["tables"],
+        serde_json::json!(["shop.orders", "shop.sessions", "shop.visits"])
+    );
+
+    // The restore; a backup meanwhile is refused.
+    let (status, location, started) = node
+        .request(
+            "POST",
+            "/v1/restores",
+            Some(r#"{"keyspaces": ["shop"], "create_schema": true}"#),
+        )
+        .await;
+    assert_eq!(status, 202, "{started}");
+    let (status, _, busy) = node.request("POST", "/v1/backups", Some("{}")).await;
+    assert_eq!(status, 409, "a backup while the restore runs: {busy}");
+    let job = job_of(&node, &started).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let (status, shown) = node.get(&location.unwrap()).await;
+    assert_eq!(status, 200, "{shown}");
+    assert_eq!(shown["state"], "done", "{shown}");
+    assert_eq!(
+        shown["progress"]["bytes_done"], shown["progress"]["bytes_total"],
+        "{shown}"
+    );
+    for (t, rows) in tables.iter().zip(&before) {
+        assert_eq!(&scan(&session, t).await, rows, "{t} after the restore");
+    }
+
+    // Point in time: rows written before T come back, rows after T do not.
+    exec(
+        &session,
+        "CREATE TABLE shop.events (id int PRIMARY KEY, v text)",
+    )
+    .await;
+    backup(&node, r#"{"keyspaces": ["shop"]}"#).await;
+    for id in 0..50 {
+        exec(
+            &session,
+            &format!("INSERT INTO shop.events (id, v) VALUES ({id}, 'before')"),
+        )
+        .await;
+    }
+    node.action(
+        "flush",
+        Some(r#"{"keyspace": "shop", "tables": ["events"]}"#),
+    )
+    .await;
+    let seen = wait_incremental(&node, "events-", 0).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let t = time::OffsetDateTime::now_utc();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for id in 50..80 {
+        exec(
+            &session,
+            &format!("INSERT INTO shop.events (id, v) VALUES ({id}, 'after')"),
+        )
+        .await;
+    }
+    exec(
+        &session,
+        "UPDATE shop.events SET v = 'changed after' WHERE id = 1",
+    )
+    .await;
+    node.action(
+        "flush",
+        Some(r#"{"keyspace": "shop", "tables": ["events"]}"#),
+    )
+    .await;
+    wait_incremental(&node, "events-", seen).await;
+    exec(&session, "TRUNCATE shop.events").await;
+    let at = t
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let body = serde_json::json!({"tables": ["shop.events"], "at": at}).to_string();
+    let (status, _, started) = node.request("POST", "/v1/restores", Some(&body)).await;
+    assert_eq!(status, 202, "{started}");
+    let job = job_of(&node, &started).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let rows = scan(&session, "shop.events").await;
+    assert_eq!(rows.len(), 50, "{rows:?}");
+    assert!(rows.iter().all(|r| r.contains("before")), "{rows:?}");
+
+    // A table whose live schema changed since the backup is refused, before
+    // anything is touched.
+    exec(&session, "ALTER TABLE shop.orders ADD extra text").await;
+    exec(
+        &session,
+        "INSERT INTO shop.orders (customer, seq, extra) VALUES (99, 1, 'live')",
+    )
+    .await;
+    let (status, _, refused) = node
+        .request(
+            "POST",
+            "/v1/restores",
+            Some(r#"{"tables": ["shop.orders"]}"#),
+        )
+        .await;
+    assert_eq!(status, 400, "{refused}");
+    assert!(
+        refused["error"].as_str().unwrap().contains("differs"),
+        "{refused}"
+    );
+    assert_eq!(scan(&session, "shop.orders").await.len(), 197);
+
+    // Bad requests.
+    for (body, expect) in [
+        (r#"{"at": "yesterday"}"#, "RFC 3339"),
+        (r#"{"tables": ["system.local"]}"#, "keyspace.table"),
+        (r#"{"keyspaces": ["system"]}"#, "system keyspace"),
+        (
+            r#"{"backup_id": "20200101T000000Z-000000"}"#,
+            "has no backup",
+        ),
+        (r#"{"shards": 2}"#, "unknown field"),
+    ] {
+        let (status, _, e) = node.request("POST", "/v1/restores", Some(body)).await;
+        assert_eq!(status, 400, "{body}: {e}");
+        assert!(e["error"].as_str().unwrap().contains(expect), "{body}: {e}");
+    }
+    assert_eq!(node.get("/v1/restores/nope").await.0, 404);
+    let (status, list) = node.get("/v1/restores").await;
+    assert_eq!(status, 200);
+    assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
+}
