@@ -64,12 +64,17 @@ pub struct Selection {
     /// Include the system keyspaces (a full-node restore).
     #[serde(default)]
     pub include_system: bool,
+    /// Include `system_schema` and `system_auth`, but not the node's own
+    /// system keyspaces (a new node started from another cluster's data).
+    #[serde(default)]
+    pub schema_tables: bool,
 }
 
 impl Selection {
     fn takes(&self, keyspace: &str, table: &str) -> bool {
-        if is_system_keyspace(keyspace) && !self.include_system {
-            return false;
+        if is_system_keyspace(keyspace) {
+            return self.include_system
+                || (self.schema_tables && matches!(keyspace, "system_schema" | "system_auth"));
         }
         if self.keyspaces.is_empty() && self.tables.is_empty() {
             return true;

@@ -186,6 +186,68 @@ async fn one_request_creates_a_three_node_cluster_with_the_computed_tokens() {
     let job = poll_job(&http, &api, &verify_location, Duration::from_secs(120)).await;
     assert_eq!(job["result"]["ok"], true, "{job}");
 
+    // Full-node restore of the second node from that backup: its data is
+    // replaced (system keyspaces included, so it keeps its host id and
+    // tokens), it comes back NORMAL in the ring, and the rows are all there.
+    let (_, _, status_before) = send_raw(&http, &api, "GET", "/v1/node", None).await;
+    let marker = first_table_file(&catalog, &backup_id).await;
+    let body = serde_json::json!({"mode": "full", "backup_id": id}).to_string();
+    let (status, _, dry) = send_raw(
+        &http,
+        &api,
+        "POST",
+        "/v1/restores",
+        Some(&serde_json::json!({"mode": "full", "backup_id": id, "dry_run": true}).to_string()),
+    )
+    .await;
+    assert_eq!(status, 200, "{dry}");
+    assert_eq!(dry["plan"]["blockers"], serde_json::json!([]), "{dry}");
+    assert!(
+        dry["plan"]["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t == "system.local"),
+        "{dry}"
+    );
+    let (status, _, started) = send_raw(&http, &api, "POST", "/v1/restores", Some(&body)).await;
+    assert_eq!(status, 202, "{started}");
+    let restore_location = format!("/v1/jobs/{}", started["job"]["id"].as_str().unwrap());
+    let job = poll_job(&http, &api, &restore_location, Duration::from_secs(400)).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let (_, _, status_after) = send_raw(&http, &api, "GET", "/v1/node", None).await;
+    assert_eq!(status_after["ready"], true, "{status_after}");
+    assert_eq!(status_after["host_id"], status_before["host_id"]);
+    assert_eq!(status_after["tokens"], status_before["tokens"]);
+    let second: std::net::IpAddr = nodes[1]["address"].as_str().unwrap().parse().unwrap();
+    let node_dir = control
+        .dir
+        .join("clusters/orders")
+        .join(nodes[1]["node_id"].as_str().unwrap())
+        .join("node/data");
+    let found = std::process::Command::new("find")
+        .arg(&node_dir)
+        .args(["-name", &marker])
+        .output()
+        .unwrap();
+    assert!(
+        !found.stdout.is_empty(),
+        "{marker} is laid out under the restored node's data"
+    );
+    let restored = cql(second).await;
+    let mut all = Statement::new("SELECT count(*) FROM shop.orders");
+    all.set_consistency(Consistency::All);
+    let (n,) = restored
+        .query_unpaged(all, ())
+        .await
+        .unwrap()
+        .into_rows_result()
+        .unwrap()
+        .single_row::<(i64,)>()
+        .unwrap();
+    assert_eq!(n, 50);
+    drop(restored);
+
     // Delete stops every node and forgets the cluster.
     let (status, location, _) = control.request("DELETE", "/v1/clusters/orders", None).await;
     assert_eq!(status, 202);
@@ -202,6 +264,64 @@ async fn one_request_creates_a_three_node_cluster_with_the_computed_tokens() {
         .await
         .unwrap()
         .is_some());
+    // "Give me a copy": a new cluster from that backup, in one request. Bad
+    // sources and shapes are refused first.
+    for (body, expect) in [
+        (
+            serde_json::json!({"name": "copy", "nodes": 3, "restore_from": "nope"}),
+            "no complete cluster backup",
+        ),
+        (
+            serde_json::json!({"name": "copy", "nodes": 3, "restore_from": "orders/20200101T000000Z-000000"}),
+            "no complete cluster backup",
+        ),
+        (
+            serde_json::json!({"name": "copy", "nodes": 2, "restore_from": "orders"}),
+            "3 nodes per data center",
+        ),
+        (
+            serde_json::json!({"name": "copy", "nodes": 3, "restore_from": "orders@yesterday"}),
+            "RFC 3339",
+        ),
+    ] {
+        let (status, _, e) = control
+            .request("POST", "/v1/clusters", Some(&body.to_string()))
+            .await;
+        assert_eq!(status, 400, "{body}: {e}");
+        assert!(e["error"].as_str().unwrap().contains(expect), "{body}: {e}");
+    }
+    let body = serde_json::json!({"name": "orders-copy", "nodes": 3, "restore_from": format!("orders/{id}")});
+    let (status, location, created) = control
+        .request("POST", "/v1/clusters", Some(&body.to_string()))
+        .await;
+    assert_eq!(status, 202, "{created}");
+    let job = control.wait_job(&location.unwrap()).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let (_, copy) = control.get("/v1/clusters/orders-copy").await;
+    let copy_nodes = copy["nodes"].as_array().unwrap();
+    for (i, n) in copy_nodes.iter().enumerate() {
+        assert_eq!(n["tokens"], serde_json::json!([expected[i]]), "{n}");
+    }
+    let copy_node: std::net::IpAddr = copy_nodes[2]["address"].as_str().unwrap().parse().unwrap();
+    let session = cql(copy_node).await;
+    let mut all = Statement::new("SELECT count(*) FROM shop.orders");
+    all.set_consistency(Consistency::All);
+    let (n,) = session
+        .query_unpaged(all, ())
+        .await
+        .unwrap()
+        .into_rows_result()
+        .unwrap()
+        .single_row::<(i64,)>()
+        .unwrap();
+    assert_eq!(n, 50, "the copy holds the source's rows");
+    drop(session);
+    let (status, location, _) = control
+        .request("DELETE", "/v1/clusters/orders-copy", None)
+        .await;
+    assert_eq!(status, 202);
+    let job = control.wait_job(&location.unwrap()).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -508,4 +628,24 @@ async fn a_node_killed_for_good_is_replaced_on_its_slot_with_its_data() {
         count_at(new_address, "data.rows", Consistency::All).await,
         200
     );
+}
+
+/// The name of a `shop` Data.db file in slot 1's manifest of `id`.
+async fn first_table_file(
+    catalog: &anchises_backup::catalog::Catalog,
+    id: &anchises_backup::manifest::BackupId,
+) -> String {
+    let slot = anchises_backup::manifest::SlotRef {
+        cluster: "orders".into(),
+        dc: "dc1".into(),
+        slot: 1,
+    };
+    let manifest = catalog.manifest(&slot, id).await.unwrap().unwrap();
+    manifest
+        .files
+        .iter()
+        .find(|f| f.keyspace == "shop" && f.name.ends_with("-Data.db"))
+        .expect("shop data in the backup")
+        .name
+        .clone()
 }

@@ -53,6 +53,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         None => None,
     };
     let config = Arc::new(joined.as_ref().map_or(config, |j| j.config.clone()));
+    // A node of a copied cluster starts from its source slot's backup: only a
+    // first node of the cluster on a fresh slot (a later one streams).
+    if let Some(j) = &joined {
+        if let (Some(from), anchises_topology::ClaimOutcome::Fresh, Some(false)) = (
+            &j.restore_from,
+            &j.claim.outcome,
+            config.node.auto_bootstrap,
+        ) {
+            restore::seed_from_backup(&config, j.claim.claim.slot as u32, from)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot start from backup {} of {}",
+                        from.backup_id, from.cluster
+                    )
+                })?;
+        }
+    }
     let listener = tokio::net::TcpListener::bind(config.api.listen)
         .await
         .with_context(|| format!("cannot listen on {} (api.listen)", config.api.listen))?;

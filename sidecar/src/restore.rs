@@ -52,6 +52,20 @@ pub struct CreateRestore {
     /// Only return the plan.
     #[serde(default)]
     pub dry_run: bool,
+    /// `online` (default): load tables into the running node. `full`: replace
+    /// the whole node (system keyspaces included) with the backup: stop
+    /// Cassandra, move the current data aside, lay out every file, start, and
+    /// move the old data back if the node does not come up.
+    #[serde(default)]
+    pub mode: RestoreMode,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RestoreMode {
+    #[default]
+    Online,
+    Full,
 }
 
 impl CreateRestore {
@@ -73,6 +87,15 @@ impl CreateRestore {
     }
 
     fn selection(&self) -> Result<Selection, String> {
+        if self.mode == RestoreMode::Full {
+            if !self.keyspaces.is_empty() || !self.tables.is_empty() || self.create_schema {
+                return Err("a full-node restore restores everything: it takes no keyspaces, tables or create_schema".into());
+            }
+            return Ok(Selection {
+                include_system: true,
+                ..Selection::default()
+            });
+        }
         let name_ok =
             |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
         for ks in &self.keyspaces {
@@ -99,8 +122,30 @@ impl CreateRestore {
             keyspaces: self.keyspaces.clone(),
             tables: self.tables.clone(),
             include_system: false,
+            schema_tables: false,
         })
     }
+}
+
+/// A time in RFC 3339 (`2026-11-26T09:55:00Z`), or the same without seconds
+/// (`2026-11-26T09:55Z`).
+pub fn parse_time(at: &str) -> Result<OffsetDateTime, String> {
+    use time::format_description::well_known::Rfc3339;
+    OffsetDateTime::parse(at, &Rfc3339)
+        .or_else(|e| {
+            // Insert ":00" seconds after HH:MM.
+            match at.find('T') {
+                Some(t)
+                    if at.len() > t + 6
+                        && at.as_bytes()[t + 3] == b':'
+                        && !at[t + 6..].starts_with(':') =>
+                {
+                    OffsetDateTime::parse(&format!("{}:00{}", &at[..t + 6], &at[t + 6..]), &Rfc3339)
+                }
+                _ => Err(e),
+            }
+        })
+        .map_err(|e| format!("{at:?} is not an RFC 3339 time (e.g. 2026-11-26T09:55:00Z): {e}"))
 }
 
 /// The plan as the API shows it (without the file list).
@@ -241,13 +286,21 @@ impl Restores {
                 blockers.push(format!("keyspace {ks} is not in backup {}", plan.base));
             }
         }
-        let live =
+        let live = if req.mode == RestoreMode::Full {
+            Vec::new()
+        } else {
             self.backups.node.cql.describe_schema().await.map_err(|e| {
                 StartError::Busy(format!("cannot read the live schema over CQL: {e}"))
-            })?;
+            })?
+        };
         let schema = SchemaCheck::new(&plan.schema, &live);
         let mut create = Vec::new();
-        for t in &plan.tables {
+        let online_tables: &[String] = if req.mode == RestoreMode::Full {
+            &[]
+        } else {
+            &plan.tables
+        };
+        for t in online_tables {
             match schema.check(t) {
                 TableCheck::Same => {}
                 TableCheck::Missing if req.create_schema => create.push(t.clone()),
@@ -277,6 +330,15 @@ impl Restores {
                     .filter_map(|t| t.as_str().map(str::to_string))
                     .collect::<Vec<_>>()
             });
+        // A stopped node (full restore after a lost disk): its configured tokens.
+        let own_tokens = own_tokens.or_else(|| {
+            self.backups
+                .config
+                .node
+                .initial_token
+                .as_ref()
+                .map(|t| t.split(',').map(|t| t.trim().to_string()).collect())
+        });
         if let Some(mut own) = own_tokens {
             let mut theirs = plan.tokens.clone();
             own.sort();
@@ -333,6 +395,7 @@ impl Restores {
         let progress = Arc::new(Progress::default());
         let cancel = CancellationToken::new();
         let this = self.clone();
+        let mode = req.mode;
         let (job_shared, job_progress, job_cancel) =
             (shared.clone(), progress.clone(), cancel.clone());
         let job = self
@@ -344,9 +407,16 @@ impl Restores {
                     job_token.cancelled().await;
                     stop.cancel();
                 });
-                let outcome = this
-                    .run(&dir, plan, &job_shared, &job_progress, &job_cancel)
-                    .await;
+                let outcome = match mode {
+                    RestoreMode::Online => {
+                        this.run(&dir, plan, &job_shared, &job_progress, &job_cancel)
+                            .await
+                    }
+                    RestoreMode::Full => {
+                        this.run_full(&dir, plan, &job_shared, &job_progress, &job_cancel)
+                            .await
+                    }
+                };
                 let mut s = job_shared.lock().expect("restore lock");
                 s.finished_at = Some(OffsetDateTime::now_utc());
                 match &outcome {
@@ -491,6 +561,166 @@ impl Restores {
         let _ = std::fs::remove_dir_all(&staging);
         set_phase("done");
         Ok(json!({
+            "base_backup": plan.base,
+            "files": plan.files.len(),
+            "downloaded": downloaded,
+            "bytes": plan.bytes,
+            "tables": plan.tables,
+        }))
+    }
+
+    /// Full-node restore: stage everything, stop Cassandra, move the current
+    /// data aside, lay out the backup, start, check; roll back if the node
+    /// does not come up. The old data is deleted only once the restored node
+    /// is NORMAL with the backup's tokens.
+    async fn run_full(
+        &self,
+        dir: &Path,
+        plan: SlotPlan,
+        shared: &Mutex<Shared>,
+        progress: &Progress,
+        cancel: &CancellationToken,
+    ) -> Result<Value, BackupError> {
+        let set_phase = |p: &str| shared.lock().expect("restore lock").phase = p.to_string();
+        let staging = dir.join("staging");
+        set_phase("stage");
+        let downloaded = stage(
+            &self.backups.slot_backups.store,
+            &plan.files,
+            &staging,
+            self.backups.config.backup.concurrency * 2,
+            progress,
+            cancel,
+        )
+        .await?;
+        if cancel.is_cancelled() {
+            return Err(BackupError::Cancelled);
+        }
+        let node = &self.backups.node;
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| BackupError::File { path, source }
+        };
+        set_phase("stop");
+        match node.supervisor.stop().await {
+            Ok(()) | Err(crate::cassandra::supervisor::SupervisorError::NotRunning) => {}
+            Err(e) => return Err(BackupError::Invalid(format!("cannot stop cassandra: {e}"))),
+        }
+        set_phase("swap");
+        let layout = crate::cassandra::files::NodeLayout::new(&self.backups.config.node.data_dir);
+        let aside = dir.join("before");
+        std::fs::create_dir_all(&aside).map_err(io(&aside))?;
+        let moved = [
+            &layout.data,
+            &layout.commitlog,
+            &layout.hints,
+            &layout.saved_caches,
+        ];
+        for d in moved {
+            let target = aside.join(d.file_name().expect("named dirs"));
+            if d.exists() && !target.exists() {
+                std::fs::rename(d, &target).map_err(io(d))?;
+            }
+        }
+        let laid_out = (|| -> Result<(), BackupError> {
+            for f in &plan.files {
+                let from = anchises_backup::restore::staged_path(&staging, f);
+                let to = layout
+                    .data
+                    .join(&f.keyspace)
+                    .join(&f.table_dir)
+                    .join(&f.name);
+                let parent = to.parent().expect("files have a directory");
+                std::fs::create_dir_all(parent).map_err(io(parent))?;
+                std::fs::rename(&from, &to).map_err(io(&from))?;
+            }
+            for d in moved {
+                std::fs::create_dir_all(d).map_err(io(d))?;
+            }
+            Ok(())
+        })();
+        let started = match laid_out {
+            Ok(()) => {
+                set_phase("start");
+                node.run_action(
+                    crate::node::NodeAction::Start,
+                    crate::node::ActionBody::default(),
+                    cancel.clone(),
+                )
+                .await
+                .map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        let checked = match started {
+            Ok(_) => {
+                set_phase("verify");
+                let tokens = node
+                    .jolokia
+                    .read("org.apache.cassandra.db:type=StorageService", "Tokens")
+                    .await
+                    .map_err(|e| e.to_string())
+                    .map(|v| {
+                        let mut t: Vec<String> = v
+                            .as_array()
+                            .map(|a| {
+                                a.iter()
+                                    .filter_map(|t| t.as_str().map(str::to_string))
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        t.sort();
+                        t
+                    });
+                let mut expected = plan.tokens.clone();
+                expected.sort();
+                match tokens {
+                    Ok(t) if t == expected => Ok(()),
+                    Ok(t) => Err(format!(
+                        "the restored node has tokens {t:?}, the backup {expected:?}"
+                    )),
+                    Err(e) => Err(format!("cannot read the restored node's tokens: {e}")),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(why) = checked {
+            set_phase("rollback");
+            let _ = node.supervisor.stop().await;
+            for d in moved {
+                let _ = std::fs::remove_dir_all(d);
+                let back = aside.join(d.file_name().expect("named dirs"));
+                if back.exists() {
+                    std::fs::rename(&back, d).map_err(io(&back))?;
+                }
+            }
+            let restarted = node
+                .run_action(
+                    crate::node::NodeAction::Start,
+                    crate::node::ActionBody::default(),
+                    cancel.clone(),
+                )
+                .await;
+            return Err(BackupError::Invalid(format!(
+                "the restored node did not come up healthy ({why}); rolled back to the previous data{}",
+                match restarted {
+                    Ok(_) => ", which is running again".to_string(),
+                    Err(e) => format!(", which did not start either: {e}"),
+                }
+            )));
+        }
+        let _ = std::fs::remove_dir_all(&aside);
+        let _ = std::fs::remove_dir_all(&staging);
+        let saved = SavedState {
+            request: read_state(dir).map(|s| s.request).unwrap_or_default(),
+            imported: plan.tables.clone(),
+            finished: true,
+        };
+        write_state(dir, &saved).map_err(io(dir))?;
+        shared.lock().expect("restore lock").imported = plan.tables.clone();
+        set_phase("done");
+        Ok(json!({
+            "mode": "full",
             "base_backup": plan.base,
             "files": plan.files.len(),
             "downloaded": downloaded,
@@ -669,6 +899,75 @@ impl<'a> SchemaCheck<'a> {
     }
 }
 
+/// Lays out a new node's data from its slot's backup in another cluster
+/// before Cassandra first starts: the user keyspaces plus `system_schema` and
+/// `system_auth` (never the source node's own system keyspace: the new node
+/// gets its own host id and cluster name). Staged files are kept, so a
+/// sidecar that dies here continues at its next start.
+pub async fn seed_from_backup(
+    config: &crate::config::Config,
+    slot: u32,
+    from: &crate::cluster::RestoreFrom,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let dir = crate::backup::state_dir(config)
+        .join("restore")
+        .join(format!("seed-{}-{}", from.cluster, from.backup_id));
+    if dir.join("done").exists() {
+        return Ok(());
+    }
+    let store_config = config
+        .backup_store()
+        .map_err(|e| anyhow::anyhow!("backup store: {e}"))?;
+    let store = anchises_backup::ObjectStore::open(&store_config).await?;
+    let catalog = Catalog::new(store.clone());
+    let source = SlotRef {
+        cluster: from.cluster.clone(),
+        dc: config.node.dc.clone(),
+        slot,
+    };
+    let id = anchises_backup::manifest::BackupId::parse(&from.backup_id)
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let selection = Selection {
+        schema_tables: true,
+        ..Selection::default()
+    };
+    let plan = plan_slot(&catalog, &source, &Point::Backup(id), &selection).await?;
+    let staging = dir.join("staging");
+    stage(
+        &store,
+        &plan.files,
+        &staging,
+        config.backup.concurrency * 2,
+        &Progress::default(),
+        &CancellationToken::new(),
+    )
+    .await
+    .context("cannot download the backup")?;
+    let data = crate::cassandra::files::NodeLayout::new(&config.node.data_dir).data;
+    for f in &plan.files {
+        let from_path = anchises_backup::restore::staged_path(&staging, f);
+        let to = data.join(&f.keyspace).join(&f.table_dir).join(&f.name);
+        if to.exists() {
+            continue;
+        }
+        std::fs::create_dir_all(to.parent().expect("files have a directory"))?;
+        std::fs::rename(&from_path, &to)
+            .with_context(|| format!("cannot move {} into place", from_path.display()))?;
+    }
+    std::fs::write(dir.join("done"), b"")?;
+    let _ = std::fs::remove_dir_all(&staging);
+    tracing::info!(
+        source = %source.label(),
+        source_cluster = %source.cluster,
+        backup = %plan.base,
+        files = plan.files.len(),
+        bytes = plan.bytes,
+        "node data laid out from the backup"
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -739,6 +1038,11 @@ mod tests {
         assert!(r.point().unwrap_err().contains("RFC 3339"));
         r.at = Some("2026-11-26T09:55:00Z".into());
         assert!(matches!(r.point(), Ok(Point::At(_))));
+        assert_eq!(
+            parse_time("2026-11-26T09:55Z"),
+            parse_time("2026-11-26T09:55:00Z")
+        );
+        assert!(parse_time("2026-11-26").is_err());
         r.tables = vec!["system.local".into()];
         assert!(r.selection().is_err());
         r.tables = vec!["shop".into()];

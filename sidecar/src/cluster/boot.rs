@@ -30,6 +30,8 @@ pub struct Joined {
     pub registry: Registry,
     /// The cluster's data centers.
     pub dcs: Vec<String>,
+    /// The backup a node of a copied cluster starts from.
+    pub restore_from: Option<super::RestoreFrom>,
 }
 
 /// The node's identity in the registry: configured, or dc/rack/address.
@@ -130,6 +132,7 @@ pub async fn join(config: &Config, store: Arc<dyn CasStore>) -> anyhow::Result<J
         claim,
         registry,
         dcs: spec.dcs.iter().map(|d| d.name.clone()).collect(),
+        restore_from: spec.restore_from.clone(),
     })
 }
 

@@ -40,6 +40,17 @@ pub struct ClusterSpec {
     #[serde(with = "time::serde::rfc3339")]
     #[schema(value_type = String)]
     pub created_at: time::OffsetDateTime,
+    /// The cluster backup every node starts from (a copy of another cluster).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_from: Option<RestoreFrom>,
+}
+
+/// A cluster backup to start a new cluster's nodes from: slot N of the new
+/// cluster starts with the data of slot N of the source (same tokens).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RestoreFrom {
+    pub cluster: String,
+    pub backup_id: String,
 }
 
 impl ClusterSpec {
@@ -87,6 +98,7 @@ impl ClusterSpec {
             num_tokens,
             dcs,
             created_at: time::OffsetDateTime::now_utc(),
+            restore_from: None,
         })
     }
 

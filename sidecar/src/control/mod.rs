@@ -62,6 +62,11 @@ pub struct CreateCluster {
     pub cassandra_version: Option<String>,
     /// 1 (default): one token per node placed by slot; more: vnodes.
     pub num_tokens: Option<u32>,
+    /// Start from another cluster's cluster backup: `CLUSTER` (its newest
+    /// complete one), `CLUSTER/BACKUP_ID`, or `CLUSTER@TIME` (the newest
+    /// complete one finished by then, RFC 3339). The new cluster takes the
+    /// source's data centers, racks and tokens, slot by slot.
+    pub restore_from: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
@@ -107,6 +112,8 @@ pub struct ClusterView {
 }
 
 pub struct ControlPlane {
+    /// The local nodes' shared backup store (`backups/` beside the coordinator).
+    pub(crate) backups: anchises_backup::catalog::Catalog,
     pub(crate) specs: Specs,
     pub(crate) provider: LocalProvider,
     pub jobs: Jobs,
@@ -161,7 +168,10 @@ impl ControlPlane {
                 coordinator.display()
             )
         })?;
+        let backups = anchises_backup::ObjectStore::filesystem(config.data_dir.join("backups"))
+            .map_err(|e| anyhow::anyhow!("cannot open the backup store: {e}"))?;
         Ok(Self {
+            backups: anchises_backup::catalog::Catalog::new(backups),
             specs: Specs::new(Arc::new(store)),
             provider: LocalProvider::new(
                 &config.data_dir,
@@ -210,8 +220,11 @@ impl ControlPlane {
                 "num_tokens must be 1 to 256, got {num_tokens}"
             )));
         }
-        let spec = ClusterSpec::new(&req.name, &dcs, &racks, req.nodes, num_tokens, &version)
-            .map_err(ApiError::bad_request)?;
+        let spec = match &req.restore_from {
+            None => ClusterSpec::new(&req.name, &dcs, &racks, req.nodes, num_tokens, &version)
+                .map_err(ApiError::bad_request)?,
+            Some(source) => self.copy_spec(&req, source, &version).await?,
+        };
         match self.specs.create(&spec).await {
             Ok(_) => {}
             Err(e) if e.is_conflict() => {
@@ -232,6 +245,114 @@ impl ControlPlane {
                     .map_err(|e| format!("{e:#}"))
             })?;
         Ok((spec, job))
+    }
+
+    /// The spec of a cluster that starts from `source`'s cluster backup: its
+    /// data centers, racks and tokens, slot by slot.
+    async fn copy_spec(
+        &self,
+        req: &CreateCluster,
+        source: &str,
+        version: &str,
+    ) -> Result<ClusterSpec, ApiError> {
+        use anchises_backup::manifest::BackupId;
+        let bad = ApiError::bad_request;
+        let (cluster, pick) = if let Some((c, id)) = source.split_once('/') {
+            (c, Some(Err(BackupId::parse(id).map_err(bad)?)))
+        } else if let Some((c, at)) = source.split_once('@') {
+            let at = crate::restore::parse_time(at).map_err(bad)?;
+            (c, Some(Ok(at)))
+        } else {
+            (source, None)
+        };
+        valid_name("source cluster", cluster)?;
+        if req.dcs.is_some() || req.racks.is_some() || req.num_tokens.is_some_and(|n| n != 1) {
+            return Err(bad("a copy takes the source's data centers, racks and tokens: give no dcs, racks or num_tokens".into()));
+        }
+        let store_error = |e: anchises_backup::BackupError| {
+            ApiError::new(
+                axum::http::StatusCode::BAD_GATEWAY,
+                format!("backup store: {e}"),
+            )
+        };
+        let mut candidates = Vec::new();
+        for id in self
+            .backups
+            .cluster_backup_ids(cluster)
+            .await
+            .map_err(store_error)?
+        {
+            if let Some(index) = self
+                .backups
+                .cluster_index(cluster, &id)
+                .await
+                .map_err(store_error)?
+            {
+                if index.complete {
+                    candidates.push(index);
+                }
+            }
+        }
+        let index = match &pick {
+            None => candidates.into_iter().max_by_key(|i| i.finished_at),
+            Some(Err(id)) => candidates.into_iter().find(|i| &i.backup_id == id),
+            Some(Ok(at)) => candidates
+                .into_iter()
+                .filter(|i| i.finished_at <= *at)
+                .max_by_key(|i| i.finished_at),
+        }
+        .ok_or_else(|| {
+            bad(format!(
+                "cluster {cluster:?} has no complete cluster backup matching {source:?}"
+            ))
+        })?;
+        let mut dcs: Vec<String> = Vec::new();
+        let mut racks: Vec<String> = Vec::new();
+        for n in &index.nodes {
+            if !dcs.contains(&n.slot.dc) {
+                dcs.push(n.slot.dc.clone());
+            }
+            if !racks.contains(&n.rack) {
+                racks.push(n.rack.clone());
+            }
+            if n.tokens.len() != 1 {
+                return Err(bad(format!(
+                    "slot {} of {cluster} has {} tokens: only single-token clusters can be copied",
+                    n.slot.label(),
+                    n.tokens.len()
+                )));
+            }
+        }
+        let per_dc = (index.nodes.len() / dcs.len()) as u64;
+        if req.nodes != per_dc || index.nodes.len() as u64 != per_dc * dcs.len() as u64 {
+            return Err(bad(format!(
+                "backup {} of {cluster} has {} nodes per data center; the copy needs the same (nodes = {per_dc})",
+                index.backup_id, per_dc
+            )));
+        }
+        let mut spec =
+            ClusterSpec::new(&req.name, &dcs, &racks, req.nodes, 1, version).map_err(bad)?;
+        for dc in &mut spec.dcs {
+            for slot in &mut dc.slots {
+                let node = index
+                    .nodes
+                    .iter()
+                    .find(|n| n.slot.dc == dc.name && u64::from(n.slot.slot) == slot.slot)
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "backup {} has no slot {}/{}",
+                            index.backup_id, dc.name, slot.slot
+                        ))
+                    })?;
+                slot.token = Some(node.tokens[0].clone());
+                slot.rack = node.rack.clone();
+            }
+        }
+        spec.restore_from = Some(crate::cluster::RestoreFrom {
+            cluster: cluster.to_string(),
+            backup_id: index.backup_id.to_string(),
+        });
+        Ok(spec)
     }
 
     /// Starts every node of a new cluster together and waits until all are ready.

@@ -24,7 +24,9 @@ use crate::restore::CreateRestore;
 pub async fn create(State(state): State<AppState>, bytes: Bytes) -> Result<Response, ApiError> {
     let req: CreateRestore = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request(format!("bad request body: {e}")))?;
-    if state.node.supervisor.status().state != ProcessState::Running {
+    if req.mode == crate::restore::RestoreMode::Online
+        && state.node.supervisor.status().state != ProcessState::Running
+    {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "cassandra is not running: an online restore needs a running node",
