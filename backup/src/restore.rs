@@ -22,7 +22,7 @@ use crate::files::Progress;
 use crate::layout::table_name_of_dir;
 use crate::manifest::{BackupId, FileEntry, NodeManifest, SlotRef};
 use crate::store::ObjectStore;
-use crate::upload::fetch_object;
+use crate::upload::{fetch_object, Throttle};
 
 /// Keyspaces that belong to the node, not to the data: an online restore
 /// leaves them alone.
@@ -255,13 +255,15 @@ pub fn staged_path(staging: &Path, f: &FileEntry) -> PathBuf {
 }
 
 /// Downloads every file into `staging`, each checked against its size and
-/// hash before it gets its name. Files already staged (a rerun) are kept.
+/// hash before it gets its name, at most at the throttle's rate. Files
+/// already staged (a rerun) are kept.
 /// Returns how many were downloaded now.
 pub async fn stage(
     store: &ObjectStore,
     files: &[FileEntry],
     staging: &Path,
     concurrency: usize,
+    throttle: &Throttle,
     progress: &Progress,
     cancel: &CancellationToken,
 ) -> Result<u64, BackupError> {
@@ -287,6 +289,7 @@ pub async fn stage(
                 source,
             })?;
             let key = f.object_key()?;
+            throttle.consume(f.size as usize).await;
             let mut attempt = 0;
             loop {
                 attempt += 1;
@@ -320,7 +323,9 @@ pub async fn stage(
             Ok(true) => downloaded += 1,
             Ok(false) => {}
             Err(e) => {
-                progress.error(e.to_string());
+                if !matches!(e, BackupError::Cancelled) {
+                    progress.error(e.to_string());
+                }
                 if first_error.is_none() || matches!(first_error, Some(BackupError::Cancelled)) {
                     first_error = Some(e);
                 }

@@ -46,7 +46,7 @@ impl Throttle {
         Throttle(None)
     }
 
-    async fn consume(&self, bytes: usize) {
+    pub async fn consume(&self, bytes: usize) {
         if let Some(limiter) = &self.0 {
             limiter.consume(bytes).await;
         }

@@ -310,3 +310,143 @@ async fn online_restores_bring_back_tables_exactly_and_to_a_point_in_time() {
     assert_eq!(status, 200);
     assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
 }
+
+/// Polls `GET /v1/restores/{id}` until `pred` holds.
+async fn wait_restore(
+    node: &TestNode,
+    id: &str,
+    what: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, r) = node.get(&format!("/v1/restores/{id}")).await;
+        if pred(&r) {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "{what}: {r}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancelled_or_killed_restore_continues_where_it_stopped() {
+    // Throttled, so that the restore is still downloading when it is stopped.
+    let mut node = TestNode::start(NodeSpec {
+        extra_toml: "\n[backup]\nschedule = \"off\"\nrate_limit = \"5MiB\"\n".into(),
+        ..NodeSpec::new("rs-kill", 74)
+    })
+    .await;
+    node.wait_normal().await;
+    let session = cql(node.address).await;
+    exec(&session, "CREATE KEYSPACE bulk WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}").await;
+    exec(
+        &session,
+        "CREATE TABLE bulk.t (id int PRIMARY KEY, payload blob)",
+    )
+    .await;
+    exec(&session, "CREATE TABLE bulk.u (id int PRIMARY KEY, v text)").await;
+    let insert = session
+        .prepare("INSERT INTO bulk.t (id, payload) VALUES (?, ?)")
+        .await
+        .unwrap();
+    let mut x: u64 = 7;
+    for chunk in (0..24_000).collect::<Vec<i32>>().chunks(200) {
+        let writes = chunk.iter().map(|&i| {
+            let payload: Vec<u8> = (0..1024)
+                .map(|_| {
+                    x = x
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    (x >> 33) as u8
+                })
+                .collect();
+            session.execute_unpaged(&insert, (i, payload))
+        });
+        futures::future::try_join_all(writes.collect::<Vec<_>>())
+            .await
+            .unwrap();
+    }
+    for i in 0..100 {
+        exec(
+            &session,
+            &format!("INSERT INTO bulk.u (id, v) VALUES ({i}, 'u{i}')"),
+        )
+        .await;
+    }
+    let before_t = scan(&session, "bulk.t").await.len();
+    let before_u = scan(&session, "bulk.u").await;
+    assert_eq!(before_t, 24_000);
+    backup(&node, r#"{"keyspaces": ["bulk"]}"#).await;
+    exec(&session, "TRUNCATE bulk.t").await;
+    exec(&session, "TRUNCATE bulk.u").await;
+    drop(session);
+    let request = r#"{"keyspaces": ["bulk"]}"#;
+
+    // Cancel while downloading: the restore stops, nothing is imported.
+    let (status, _, started) = node.request("POST", "/v1/restores", Some(request)).await;
+    assert_eq!(status, 202, "{started}");
+    let id = started["id"].as_str().unwrap().to_string();
+    wait_restore(&node, &id, "downloading", |r| {
+        r["progress"]["bytes_done"].as_u64() > Some(2_000_000)
+    })
+    .await;
+    let (status, _, body) = node
+        .request("POST", &format!("/v1/restores/{id}/cancel"), None)
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let r = wait_restore(&node, &id, "cancelled", |r| r["state"] != "running").await;
+    assert_eq!(r["state"], "cancelled", "{r}");
+    assert_eq!(r["imported_tables"], serde_json::json!([]), "{r}");
+    let (status, _, body) = node
+        .request("POST", &format!("/v1/restores/{id}/cancel"), None)
+        .await;
+    assert_eq!(status, 409, "{body}");
+
+    // The same request continues it; kill the sidecar mid-download.
+    let (status, _, started) = node.request("POST", "/v1/restores", Some(request)).await;
+    assert_eq!(status, 202, "{started}");
+    assert_eq!(started["id"], id.as_str(), "the same restore continues");
+    let r = wait_restore(&node, &id, "downloading again", |r| {
+        r["progress"]["files_reused"].as_u64() > Some(0)
+            && r["progress"]["bytes_done"].as_u64() < r["progress"]["bytes_total"].as_u64()
+    })
+    .await;
+    let staged_before_kill = r["progress"]["bytes_done"].as_u64().unwrap();
+    let jvm = node.cassandra_pid().unwrap();
+    node.kill_sidecar();
+    assert!(TestNode::wait_gone(jvm, Duration::from_secs(30)));
+    node.respawn(None).await;
+    node.wait_normal().await;
+    let session = cql(node.address).await;
+    assert!(
+        scan(&session, "bulk.u").await.is_empty(),
+        "nothing imported before the kill"
+    );
+    let (status, _, started) = node.request("POST", "/v1/restores", Some(request)).await;
+    assert_eq!(status, 202, "{started}");
+    assert_eq!(
+        started["id"],
+        id.as_str(),
+        "the restore continues after the crash"
+    );
+    let job = job_of(&node, &started).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let (_, r) = node.get(&format!("/v1/restores/{id}")).await;
+    assert!(
+        r["progress"]["files_reused"].as_u64().unwrap() > 0,
+        "files staged before the kill ({staged_before_kill} bytes) are not downloaded again: {r}"
+    );
+    assert_eq!(scan(&session, "bulk.t").await.len(), before_t);
+    assert_eq!(scan(&session, "bulk.u").await, before_u);
+    // Every SSTable in the table directories is whole (a TOC per Data.db).
+    let out = std::process::Command::new("find")
+        .arg(node.data_dir().join("bulk"))
+        .args(["-maxdepth", "2", "-name", "*-Data.db"])
+        .output()
+        .unwrap();
+    for data in String::from_utf8_lossy(&out.stdout).lines() {
+        let toc = data.replace("-Data.db", "-TOC.txt");
+        assert!(std::path::Path::new(&toc).exists(), "{data} has no TOC");
+    }
+}

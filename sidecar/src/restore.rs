@@ -433,7 +433,10 @@ impl Restores {
                 outcome.map_err(|e| e.to_string())
             })
             .map_err(StartError::Conflict)?;
-        self.runs.lock().expect("runs lock").push(Run {
+        let mut runs = self.runs.lock().expect("runs lock");
+        // A continued restore replaces its earlier (cancelled or failed) run.
+        runs.retain(|r| r.id != id);
+        runs.push(Run {
             id: id.clone(),
             job: job.id,
             started_at: OffsetDateTime::now_utc(),
@@ -483,6 +486,7 @@ impl Restores {
             &pending,
             &staging,
             self.backups.config.backup.concurrency * 2,
+            &self.backups.slot_backups.settings.throttle,
             progress,
             cancel,
         )
@@ -589,6 +593,7 @@ impl Restores {
             &plan.files,
             &staging,
             self.backups.config.backup.concurrency * 2,
+            &self.backups.slot_backups.settings.throttle,
             progress,
             cancel,
         )
@@ -939,6 +944,7 @@ pub async fn seed_from_backup(
         &plan.files,
         &staging,
         config.backup.concurrency * 2,
+        &anchises_backup::upload::Throttle::new(Some(config.backup.rate_limit.as_u64())),
         &Progress::default(),
         &CancellationToken::new(),
     )

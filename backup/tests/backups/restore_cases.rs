@@ -1,6 +1,7 @@
 use anchises_backup::files::Progress;
 use anchises_backup::manifest::BackupId;
 use anchises_backup::restore::{plan_slot, stage, staged_path, Point, Selection};
+use anchises_backup::upload::Throttle;
 use anchises_backup::{BackupError, ObjectStore};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
@@ -126,6 +127,7 @@ pub async fn staging_verifies_every_file_and_resumes(store: ObjectStore) {
         &plan.files,
         staging.path(),
         3,
+        &Throttle::unlimited(),
         &progress,
         &CancellationToken::new(),
     )
@@ -149,6 +151,7 @@ pub async fn staging_verifies_every_file_and_resumes(store: ObjectStore) {
         &plan.files,
         staging.path(),
         3,
+        &Throttle::unlimited(),
         &Progress::default(),
         &CancellationToken::new(),
     )
@@ -173,6 +176,7 @@ pub async fn staging_verifies_every_file_and_resumes(store: ObjectStore) {
         &plan.files,
         fresh.path(),
         3,
+        &Throttle::unlimited(),
         &Progress::default(),
         &CancellationToken::new(),
     )
@@ -188,6 +192,7 @@ pub async fn staging_verifies_every_file_and_resumes(store: ObjectStore) {
         &plan.files,
         fresh.path(),
         3,
+        &Throttle::unlimited(),
         &Progress::default(),
         &CancellationToken::new(),
     )
@@ -219,6 +224,7 @@ pub async fn a_manifest_entry_that_escapes_the_data_directory_is_refused(store: 
         &manifest.files,
         staging.path(),
         2,
+        &Throttle::unlimited(),
         &Progress::default(),
         &CancellationToken::new(),
     )

@@ -2,19 +2,15 @@
 //! verify, delete and purge backups, through the node sidecar's `/v1/backups`.
 
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::anyhow;
-use bytesize::ByteSize;
 use clap::Subcommand;
 use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use serde_json::{json, Value};
-use time::format_description::well_known::Rfc3339;
-use time::{OffsetDateTime, UtcOffset};
 
 use super::client::ApiClient;
-use super::output::{self, pairs, text};
+use super::output::{self, duration, pairs, progress_line, shorten, size, text, when};
 use super::WaitArgs;
 
 #[derive(Debug, Subcommand)]
@@ -73,7 +69,7 @@ pub enum BackupCommand {
 }
 
 /// Backup ids are letters, digits, `-` and `_` (`20250102T030000Z-1a2b3c`).
-fn backup_id(s: &str) -> Result<String, String> {
+pub(super) fn backup_id(s: &str) -> Result<String, String> {
     if !s.is_empty()
         && s.len() <= 64
         && s.bytes()
@@ -191,16 +187,16 @@ async fn create(
             eprintln!("backing up this node as {id}…");
         }
     }
-    let bar = progress_bar(cluster_wide, json_out);
+    let bar = if cluster_wide {
+        output::spinner(json_out)
+    } else {
+        output::bytes_bar(json_out)
+    };
     let path = format!("/v1/backups/{id}");
-    let (api_ref, path_ref, bar_ref) = (api, path.as_str(), &bar);
+    // A cluster backup is not visible until its request is written.
     let job = api
-        .wait_job_with(&started["job"], move || async move {
-            // A backup may not be visible yet (a cluster backup until its
-            // request is written), and a failed read is retried next time.
-            if let Ok(Some(detail)) = api_ref.get_found(path_ref).await {
-                show_progress(bar_ref, &detail, cluster_wide);
-            }
+        .wait_job_watching(&started["job"], &path, |detail| {
+            show_progress(&bar, detail, cluster_wide)
         })
         .await;
     bar.finish_and_clear();
@@ -223,73 +219,13 @@ async fn create(
     Ok(ExitCode::SUCCESS)
 }
 
-/// A bar of bytes for a node backup, a spinner for a cluster backup; drawn
-/// on stderr, and only when it is a terminal.
-fn progress_bar(cluster_wide: bool, json_out: bool) -> ProgressBar {
-    if json_out {
-        return ProgressBar::hidden();
-    }
-    let bar = if cluster_wide {
-        ProgressBar::new_spinner().with_style(
-            ProgressStyle::with_template("{spinner} {elapsed:>4} {wide_msg}")
-                .expect("a valid template"),
-        )
-    } else {
-        ProgressBar::new(1).with_style(
-            ProgressStyle::with_template("{spinner} {elapsed:>4} [{bar:30}] {wide_msg}")
-                .expect("a valid template")
-                .progress_chars("=> "),
-        )
-    };
-    bar.set_message("starting");
-    bar.enable_steady_tick(Duration::from_millis(120));
-    bar
-}
-
 fn show_progress(bar: &ProgressBar, detail: &Value, cluster_wide: bool) {
     if cluster_wide {
         bar.set_message(cluster_line(detail));
         return;
     }
-    let p = &detail["progress"];
-    // Until the total is known the bar stays empty (a length of 0 draws full).
-    if let (Some(total @ 1..), Some(done)) = (p["bytes_total"].as_u64(), p["bytes_done"].as_u64()) {
-        bar.set_length(total);
-        bar.set_position(done.min(total));
-    }
+    output::set_bytes(bar, &detail["progress"]);
     bar.set_message(progress_line(detail));
-}
-
-/// `upload 1.2 GiB/3.4 GiB · 120/300 files · 45.0 MiB/s · ETA 40s`.
-fn progress_line(detail: &Value) -> String {
-    let phase = detail["phase"].as_str().unwrap_or("running");
-    let p = &detail["progress"];
-    if p["files_total"].as_u64().unwrap_or(0) == 0 {
-        return phase.to_string();
-    }
-    let mut parts = vec![
-        format!(
-            "{phase} {}/{}",
-            size(&p["bytes_done"]),
-            size(&p["bytes_total"])
-        ),
-        format!(
-            "{}/{} files",
-            text(&p["files_done"]),
-            text(&p["files_total"])
-        ),
-    ];
-    if let Some(rate) = p["rate_bytes_per_sec"].as_f64().filter(|r| *r >= 1.0) {
-        parts.push(format!("{}/s", ByteSize(rate as u64)));
-    }
-    if let Some(eta) = p["eta_secs"].as_f64() {
-        parts.push(format!("ETA {}", secs(eta)));
-    }
-    let errors = p["errors"].as_array().map_or(0, Vec::len);
-    if errors > 0 {
-        parts.push(format!("{errors} error(s)"));
-    }
-    parts.join(" · ")
 }
 
 /// `2/3 nodes done, 1 running · this node: upload …`.
@@ -611,62 +547,12 @@ async fn finish(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Bytes as `1.5 GiB`.
-fn size(v: &Value) -> String {
-    v.as_u64()
-        .map_or_else(|| text(v), |b| ByteSize(b).to_string())
-}
-
-fn duration(v: &Value) -> String {
-    v.as_f64().map_or_else(|| text(v), secs)
-}
-
-/// `4.2s` under ten seconds, else whole seconds: `1m 3s`, `2h 5m 1s`.
-fn secs(s: f64) -> String {
-    let s = s.max(0.0);
-    if s < 10.0 {
-        format!("{s:.1}s")
-    } else {
-        humantime::format_duration(Duration::from_secs(s.round() as u64)).to_string()
-    }
-}
-
-/// An RFC 3339 time as `2025-01-02 03:04:05` (UTC).
-fn when(v: &Value) -> String {
-    let Some(s) = v.as_str() else {
-        return text(v);
-    };
-    match OffsetDateTime::parse(s, &Rfc3339) {
-        Ok(t) => {
-            let t = t.to_offset(UtcOffset::UTC);
-            format!(
-                "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
-                t.year(),
-                t.month() as u8,
-                t.day(),
-                t.hour(),
-                t.minute(),
-                t.second()
-            )
-        }
-        Err(_) => s.to_string(),
-    }
-}
-
-fn shorten(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        return s.to_string();
-    }
-    let mut out: String = s.chars().take(max - 1).collect();
-    out.push('…');
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use clap::Parser;
 
     use super::*;
+    use crate::cli::output::secs;
     use crate::cli::{Cli, Command};
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {

@@ -117,6 +117,25 @@ impl ApiClient {
         }
     }
 
+    /// Polls a job until it is no longer running and, while it runs, reads
+    /// `path` (the backup or restore the job works on) after each poll and
+    /// hands it to `show`. A resource not visible yet (404) or a failed read
+    /// is skipped until the next poll.
+    pub async fn wait_job_watching(
+        &self,
+        job: &Value,
+        path: &str,
+        show: impl Fn(&Value),
+    ) -> anyhow::Result<Value> {
+        let show = &show;
+        self.wait_job_with(job, move || async move {
+            if let Ok(Some(detail)) = self.get_found(path).await {
+                show(&detail);
+            }
+        })
+        .await
+    }
+
     /// Polls `GET /v1/node` until the node is ready (NORMAL and serving CQL);
     /// tolerates a sidecar that is not up yet and a Cassandra still starting.
     pub async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<String> {

@@ -4,8 +4,10 @@
 mod backup;
 mod client;
 mod output;
+mod restore;
 
 pub use backup::BackupCommand;
+pub use restore::{RestoreArgs, RestoreCommand, StartArgs};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -54,6 +56,10 @@ pub enum Command {
         #[command(subcommand)]
         command: BackupCommand,
     },
+    /// Restore keyspaces and tables into the running node from backups; list, show and cancel restores.
+    ///
+    /// Without a subcommand, starts a restore and follows its progress until it ends.
+    Restore(RestoreArgs),
     /// Run the control plane, which creates and runs whole clusters.
     Control(ControlArgs),
     /// Create, list, show or delete clusters (through the control plane).
@@ -280,6 +286,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Backup { command } => backup::run(&api, command, json_out).await,
+        Command::Restore(args) => restore::run(&api, args, json_out).await,
         Command::Control(args) => {
             let config = Config::default();
             crate::init_tracing(&config);

@@ -1,7 +1,14 @@
-//! Human output of the CLI (tables and key/value lists), or the JSON as received.
+//! Human output of the CLI (tables and key/value lists, progress bars), or the
+//! JSON as received.
 
+use std::time::Duration;
+
+use bytesize::ByteSize;
 use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
+use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
+use time::format_description::well_known::Rfc3339;
+use time::{OffsetDateTime, UtcOffset};
 
 pub(super) fn text(v: &Value) -> String {
     match v {
@@ -203,4 +210,136 @@ pub fn cluster(view: &Value, json: bool) {
         ]);
     }
     println!("{t}");
+}
+
+/// A bar of bytes (backups and restores of one node), drawn on stderr, and
+/// only when it is a terminal; hidden for `--json`.
+pub(super) fn bytes_bar(hidden: bool) -> ProgressBar {
+    if hidden {
+        return ProgressBar::hidden();
+    }
+    ticking(
+        ProgressBar::new(1).with_style(
+            ProgressStyle::with_template("{spinner} {elapsed:>4} [{bar:30}] {wide_msg}")
+                .expect("a valid template")
+                .progress_chars("=> "),
+        ),
+    )
+}
+
+/// A spinner with a message (work whose bytes are not known here).
+pub(super) fn spinner(hidden: bool) -> ProgressBar {
+    if hidden {
+        return ProgressBar::hidden();
+    }
+    ticking(
+        ProgressBar::new_spinner().with_style(
+            ProgressStyle::with_template("{spinner} {elapsed:>4} {wide_msg}")
+                .expect("a valid template"),
+        ),
+    )
+}
+
+fn ticking(bar: ProgressBar) -> ProgressBar {
+    bar.set_message("starting");
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
+
+/// Moves a bytes bar to a backup's or restore's `progress` (bytes done of
+/// total); until the total is known the bar stays empty (a length of 0 draws
+/// full).
+pub(super) fn set_bytes(bar: &ProgressBar, progress: &Value) {
+    if let (Some(total @ 1..), Some(done)) = (
+        progress["bytes_total"].as_u64(),
+        progress["bytes_done"].as_u64(),
+    ) {
+        bar.set_length(total);
+        bar.set_position(done.min(total));
+    }
+}
+
+/// The phase and `progress` of a backup or restore:
+/// `upload 1.2 GiB/3.4 GiB · 120/300 files · 45.0 MiB/s · ETA 40s`.
+pub(super) fn progress_line(detail: &Value) -> String {
+    let phase = detail["phase"].as_str().unwrap_or("running");
+    let p = &detail["progress"];
+    if p["files_total"].as_u64().unwrap_or(0) == 0 {
+        return phase.to_string();
+    }
+    let mut parts = vec![
+        format!(
+            "{phase} {}/{}",
+            size(&p["bytes_done"]),
+            size(&p["bytes_total"])
+        ),
+        format!(
+            "{}/{} files",
+            text(&p["files_done"]),
+            text(&p["files_total"])
+        ),
+    ];
+    if let Some(rate) = p["rate_bytes_per_sec"].as_f64().filter(|r| *r >= 1.0) {
+        parts.push(format!("{}/s", ByteSize(rate as u64)));
+    }
+    if let Some(eta) = p["eta_secs"].as_f64() {
+        parts.push(format!("ETA {}", secs(eta)));
+    }
+    let errors = p["errors"].as_array().map_or(0, Vec::len);
+    if errors > 0 {
+        parts.push(format!("{errors} error(s)"));
+    }
+    parts.join(" · ")
+}
+
+/// Bytes as `1.5 GiB`.
+pub(super) fn size(v: &Value) -> String {
+    v.as_u64()
+        .map_or_else(|| text(v), |b| ByteSize(b).to_string())
+}
+
+/// Seconds as `4.2s` or `1m 3s`.
+pub(super) fn duration(v: &Value) -> String {
+    v.as_f64().map_or_else(|| text(v), secs)
+}
+
+/// `4.2s` under ten seconds, else whole seconds: `1m 3s`, `2h 5m 1s`.
+pub(super) fn secs(s: f64) -> String {
+    let s = s.max(0.0);
+    if s < 10.0 {
+        format!("{s:.1}s")
+    } else {
+        humantime::format_duration(Duration::from_secs(s.round() as u64)).to_string()
+    }
+}
+
+/// An RFC 3339 time as `2025-01-02 03:04:05` (UTC).
+pub(super) fn when(v: &Value) -> String {
+    let Some(s) = v.as_str() else {
+        return text(v);
+    };
+    match OffsetDateTime::parse(s, &Rfc3339) {
+        Ok(t) => {
+            let t = t.to_offset(UtcOffset::UTC);
+            format!(
+                "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+                t.year(),
+                t.month() as u8,
+                t.day(),
+                t.hour(),
+                t.minute(),
+                t.second()
+            )
+        }
+        Err(_) => s.to_string(),
+    }
+}
+
+pub(super) fn shorten(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_string();
+    }
+    let mut out: String = s.chars().take(max - 1).collect();
+    out.push('…');
+    out
 }
