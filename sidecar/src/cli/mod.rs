@@ -155,6 +155,10 @@ pub enum ClusterCommand {
         /// 1 for one token per node (default), more for vnodes.
         #[arg(long)]
         num_tokens: Option<u32>,
+        /// Start from another cluster's cluster backup: CLUSTER (its newest),
+        /// CLUSTER/BACKUP_ID or CLUSTER@TIME; takes its racks and tokens.
+        #[arg(long, value_name = "CLUSTER[/BACKUP|@TIME]")]
+        restore_from: Option<String>,
         #[command(flatten)]
         wait: WaitArgs,
     },
@@ -342,9 +346,13 @@ async fn cluster_command(
             dcs,
             cassandra_version,
             num_tokens,
+            restore_from,
             wait,
         } => {
             let mut body = json!({"name": name, "nodes": nodes});
+            if let Some(from) = restore_from {
+                body["restore_from"] = json!(from);
+            }
             if let Some(r) = racks {
                 body["racks"] = json!(r);
             }

@@ -56,6 +56,11 @@ pub struct StartArgs {
     /// blocks it (exits 1 when blocked).
     #[arg(long)]
     pub dry_run: bool,
+    /// Replace the whole node (system keyspaces included) with the backup:
+    /// stop Cassandra, move its data aside, lay out the backup, start; the old
+    /// data comes back if the node does not start healthy.
+    #[arg(long, conflicts_with_all = ["keyspace", "table", "create_schema"])]
+    pub full: bool,
     #[command(flatten)]
     pub wait: WaitArgs,
 }
@@ -177,6 +182,9 @@ fn request_body(a: &StartArgs) -> Value {
         "create_schema": a.create_schema,
         "dry_run": a.dry_run,
     });
+    if a.full {
+        body["mode"] = json!("full");
+    }
     for (key, value) in [
         ("source_cluster", &a.source_cluster),
         ("backup_id", &a.backup),
