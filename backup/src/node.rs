@@ -70,6 +70,23 @@ impl SlotBackups {
         self.lock.lock().await
     }
 
+    fn storer<'a>(
+        &'a self,
+        index: &'a Mutex<StoredIndex>,
+        progress: &'a Progress,
+        cancel: &'a CancellationToken,
+    ) -> FileStorer<'a> {
+        FileStorer {
+            store: &self.store,
+            slot: &self.slot,
+            index,
+            journal: Some(&self.journal),
+            settings: &self.settings,
+            progress,
+            cancel,
+        }
+    }
+
     async fn index(&self) -> Result<Mutex<StoredIndex>, BackupError> {
         Ok(Mutex::new(
             StoredIndex::load(&self.catalog, &self.slot, Some(&self.journal)).await?,
@@ -91,17 +108,10 @@ impl SlotBackups {
     ) -> Result<NodeManifest, BackupError> {
         let _guard = self.lock().await;
         let index = self.index().await?;
-        let stored = FileStorer {
-            store: &self.store,
-            slot: &self.slot,
-            index: &index,
-            journal: Some(&self.journal),
-            settings: &self.settings,
-            progress,
-            cancel,
-        }
-        .store_files(files)
-        .await?;
+        let stored = self
+            .storer(&index, progress, cancel)
+            .store_files(files)
+            .await?;
         let manifest = NodeManifest {
             format: FORMAT,
             backup_id: id.clone(),
@@ -154,17 +164,10 @@ impl SlotBackups {
             .map(OffsetDateTime::from)
             .unwrap_or_else(OffsetDateTime::now_utc);
         let index = self.index().await?;
-        let stored = FileStorer {
-            store: &self.store,
-            slot: &self.slot,
-            index: &index,
-            journal: Some(&self.journal),
-            settings: &self.settings,
-            progress,
-            cancel,
-        }
-        .store_files(files.clone())
-        .await?;
+        let stored = self
+            .storer(&index, progress, cancel)
+            .store_files(files.clone())
+            .await?;
         let entry = IncrementalEntry {
             format: FORMAT,
             slot: self.slot.clone(),

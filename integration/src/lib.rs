@@ -122,6 +122,24 @@ impl NodeSpec {
     }
 }
 
+/// Starts `anchises node` on `config`, its output appended to `dir/sidecar.log`.
+fn spawn_sidecar(config: &Path, dir: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(dir.join("sidecar.log"))
+        .expect("sidecar log");
+    Command::new(anchises_bin())
+        .args(["node", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log fd"))
+        .stderr(log)
+        .spawn()
+        .expect("spawn anchises node")
+}
+
 /// One `anchises node` process and its Cassandra.
 pub struct TestNode {
     pub spec: NodeSpec,
@@ -167,16 +185,7 @@ impl TestNode {
         std::fs::create_dir_all(&dir).expect("test node dir");
         let config = dir.join("anchises.toml");
         std::fs::write(&config, spec.toml(&dir)).expect("write config");
-        let log = std::fs::File::create(dir.join("sidecar.log")).expect("sidecar log");
-        let child = Command::new(anchises_bin())
-            .args(["node", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log fd"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn anchises node");
+        let child = spawn_sidecar(&config, &dir);
         let address = spec.address();
         let node = TestNode {
             api: format!("http://{address}:7878"),
@@ -212,20 +221,7 @@ impl TestNode {
         if let Some(toml) = toml {
             std::fs::write(&config, toml).expect("write config");
         }
-        let log = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(self.dir.join("sidecar.log"))
-            .expect("sidecar log");
-        let child = Command::new(anchises_bin())
-            .args(["node", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log fd"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn anchises node");
+        let child = spawn_sidecar(&config, &self.dir);
         self.sidecar = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         while !matches!(self.try_get("/v1/health").await, Ok((200, _))) {

@@ -234,19 +234,8 @@ async fn one_request_creates_a_three_node_cluster_with_the_computed_tokens() {
         !found.stdout.is_empty(),
         "{marker} is laid out under the restored node's data"
     );
-    let restored = cql(second).await;
-    let mut all = Statement::new("SELECT count(*) FROM shop.orders");
-    all.set_consistency(Consistency::All);
-    let (n,) = restored
-        .query_unpaged(all, ())
-        .await
-        .unwrap()
-        .into_rows_result()
-        .unwrap()
-        .single_row::<(i64,)>()
-        .unwrap();
+    let n = count_at(second, "shop.orders", Consistency::All).await;
     assert_eq!(n, 50);
-    drop(restored);
 
     // Delete stops every node and forgets the cluster.
     let (status, location, _) = control.request("DELETE", "/v1/clusters/orders", None).await;
@@ -303,19 +292,8 @@ async fn one_request_creates_a_three_node_cluster_with_the_computed_tokens() {
         assert_eq!(n["tokens"], serde_json::json!([expected[i]]), "{n}");
     }
     let copy_node: std::net::IpAddr = copy_nodes[2]["address"].as_str().unwrap().parse().unwrap();
-    let session = cql(copy_node).await;
-    let mut all = Statement::new("SELECT count(*) FROM shop.orders");
-    all.set_consistency(Consistency::All);
-    let (n,) = session
-        .query_unpaged(all, ())
-        .await
-        .unwrap()
-        .into_rows_result()
-        .unwrap()
-        .single_row::<(i64,)>()
-        .unwrap();
+    let n = count_at(copy_node, "shop.orders", Consistency::All).await;
     assert_eq!(n, 50, "the copy holds the source's rows");
-    drop(session);
     let (status, location, _) = control
         .request("DELETE", "/v1/clusters/orders-copy", None)
         .await;

@@ -481,16 +481,7 @@ impl Restores {
             .cloned()
             .collect();
         set_phase("stage");
-        let downloaded = stage(
-            &self.backups.slot_backups.store,
-            &pending,
-            &staging,
-            self.backups.config.backup.concurrency * 2,
-            &self.backups.slot_backups.settings.throttle,
-            progress,
-            cancel,
-        )
-        .await?;
+        let downloaded = self.stage(&pending, &staging, progress, cancel).await?;
         if cancel.is_cancelled() {
             return Err(BackupError::Cancelled);
         }
@@ -588,16 +579,7 @@ impl Restores {
         let set_phase = |p: &str| shared.lock().expect("restore lock").phase = p.to_string();
         let staging = dir.join("staging");
         set_phase("stage");
-        let downloaded = stage(
-            &self.backups.slot_backups.store,
-            &plan.files,
-            &staging,
-            self.backups.config.backup.concurrency * 2,
-            &self.backups.slot_backups.settings.throttle,
-            progress,
-            cancel,
-        )
-        .await?;
+        let downloaded = self.stage(&plan.files, &staging, progress, cancel).await?;
         if cancel.is_cancelled() {
             return Err(BackupError::Cancelled);
         }
@@ -732,6 +714,27 @@ impl Restores {
             "bytes": plan.bytes,
             "tables": plan.tables,
         }))
+    }
+
+    /// Downloads (and checks) files into `staging` with the node's backup
+    /// concurrency and rate limit.
+    async fn stage(
+        &self,
+        files: &[anchises_backup::manifest::FileEntry],
+        staging: &Path,
+        progress: &Progress,
+        cancel: &CancellationToken,
+    ) -> Result<u64, BackupError> {
+        stage(
+            &self.backups.slot_backups.store,
+            files,
+            staging,
+            self.backups.config.backup.concurrency * 2,
+            &self.backups.slot_backups.settings.throttle,
+            progress,
+            cancel,
+        )
+        .await
     }
 
     pub fn cancel(&self, id: &str) -> Option<bool> {
