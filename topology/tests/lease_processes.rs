@@ -53,13 +53,13 @@ fn now_nanos() -> u128 {
         .as_nanos()
 }
 
-fn spawn(store: &Path, audit: &Path, holder: usize) -> Child {
+fn spawn(store: &Path, audit: &Path, holder: usize, rounds: usize) -> Child {
     let mut command = Command::new(env!("CARGO_BIN_EXE_lease-contender"));
     command
         .arg(store)
         .arg("stress")
         .arg(format!("c{holder}"))
-        .arg(ROUNDS.to_string())
+        .arg(rounds.to_string())
         .arg(audit)
         .args([
             "--ttl-ms",
@@ -87,7 +87,7 @@ fn processes_contending_for_a_lease_never_overlap_and_dead_holders_are_taken_ove
     let dir = tempfile::tempdir().unwrap();
     let (store, audit_path) = (dir.path().join("store"), dir.path().join("audit.log"));
     let mut children: Vec<Option<Child>> = (0..CONTENDERS)
-        .map(|i| Some(spawn(&store, &audit_path, i)))
+        .map(|i| Some(spawn(&store, &audit_path, i, ROUNDS)))
         .collect();
     let mut seed = (now_nanos() as u64) | 1;
     eprintln!("kill seed {seed}");
@@ -132,6 +132,12 @@ fn processes_contending_for_a_lease_never_overlap_and_dead_holders_are_taken_ove
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+
+    // One last contender: when the abandoned lease was the last one held (the
+    // others finished first, as on a loaded machine), it is the one that must
+    // take it over after the TTL.
+    let mut last = spawn(&store, &audit_path, CONTENDERS, 1);
+    assert!(last.wait().unwrap().success(), "the last contender failed");
 
     let lines = parse(&std::fs::read_to_string(&audit_path).unwrap());
     check_audit(&lines, &killed);
@@ -220,6 +226,11 @@ fn check_audit(lines: &[Line], killed: &HashSet<String>) {
             );
         }
     }
+    assert_eq!(
+        ends.get(format!("c{CONTENDERS}").as_str()),
+        Some(&1),
+        "the last contender ends"
+    );
     eprintln!(
         "{} acquisitions, {} takeovers of dead holders, killed {killed:?}",
         lines.iter().filter(|l| l.event == "start").count(),
