@@ -382,20 +382,34 @@ async fn bad_cluster_requests_get_4xx_json_errors() {
     );
 }
 
+/// `count(*)` at `consistency` through `address`. A node that has just
+/// started may not see its peers up yet: "unavailable" is retried for a minute.
 async fn count_at(address: std::net::IpAddr, table: &str, consistency: Consistency) -> i64 {
     let session = cql(address).await;
     let mut count = Statement::new(format!("SELECT count(*) FROM {table}"));
     count.set_consistency(consistency);
     count.set_request_timeout(Some(Duration::from_secs(60)));
-    session
-        .query_unpaged(count, ())
-        .await
-        .unwrap()
-        .into_rows_result()
-        .unwrap()
-        .single_row::<(i64,)>()
-        .unwrap()
-        .0
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match session.query_unpaged(count.clone(), ()).await {
+            Ok(result) => {
+                return result
+                    .into_rows_result()
+                    .unwrap()
+                    .single_row::<(i64,)>()
+                    .unwrap()
+                    .0
+            }
+            Err(e) if e.to_string().contains("Cannot achieve consistency") => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{table} at {consistency:?}: {e}"
+                );
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => panic!("{table} at {consistency:?}: {e}"),
+        }
+    }
 }
 
 async fn write_rows(address: std::net::IpAddr, rf: u32, rows: i32) {
