@@ -92,23 +92,10 @@ pub async fn run(
             keyspace,
             wait,
         } => create(api, cluster_wide, keyspace, wait.no_wait, json_out).await,
-        BackupCommand::List => {
-            let list = api.get("/v1/backups").await?;
-            if json_out {
-                println!("{list}");
-            } else {
-                print_list(&list);
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        BackupCommand::List => api.print_get("/v1/backups", json_out, print_list).await,
         BackupCommand::Show { id } => {
-            let detail = api.get(&format!("/v1/backups/{id}")).await?;
-            if json_out {
-                println!("{detail}");
-            } else {
-                print_detail(&detail);
-            }
-            Ok(ExitCode::SUCCESS)
+            api.print_get(&format!("/v1/backups/{id}"), json_out, print_detail)
+                .await
         }
         BackupCommand::Verify { id, deep } => verify(api, &id, deep, json_out).await,
         BackupCommand::Delete { id, wait } => {

@@ -47,6 +47,22 @@ impl ApiClient {
         bail!("{msg} (http {status})")
     }
 
+    /// GETs `path` and prints it: raw JSON with `--json`, else through `render`.
+    pub async fn print_get(
+        &self,
+        path: &str,
+        json_out: bool,
+        render: fn(&Value),
+    ) -> anyhow::Result<std::process::ExitCode> {
+        let body = self.get(path).await?;
+        if json_out {
+            println!("{body}");
+        } else {
+            render(&body);
+        }
+        Ok(std::process::ExitCode::SUCCESS)
+    }
+
     pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
         let (status, body) = self
             .send(self.http.get(format!("{}{path}", self.base)))

@@ -139,23 +139,10 @@ fn is_minutes_then_zone(clock: &str) -> bool {
 pub async fn run(api: &ApiClient, args: RestoreArgs, json_out: bool) -> anyhow::Result<ExitCode> {
     match args.command {
         None => start(api, args.start, json_out).await,
-        Some(RestoreCommand::List) => {
-            let list = api.get("/v1/restores").await?;
-            if json_out {
-                println!("{list}");
-            } else {
-                print_list(&list);
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Some(RestoreCommand::List) => api.print_get("/v1/restores", json_out, print_list).await,
         Some(RestoreCommand::Show { id }) => {
-            let detail = api.get(&format!("/v1/restores/{id}")).await?;
-            if json_out {
-                println!("{detail}");
-            } else {
-                print_detail(&detail);
-            }
-            Ok(ExitCode::SUCCESS)
+            api.print_get(&format!("/v1/restores/{id}"), json_out, print_detail)
+                .await
         }
         Some(RestoreCommand::Cancel { id }) => {
             let answer = api

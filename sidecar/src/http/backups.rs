@@ -57,6 +57,14 @@ fn backup_id(id: &str) -> Result<BackupId, ApiError> {
     BackupId::parse(id).map_err(ApiError::bad_request)
 }
 
+/// 404 unless this node knows backup `id`.
+async fn ensure_exists(state: &AppState, id: &BackupId) -> Result<(), ApiError> {
+    match state.backups.show(id).await? {
+        Some(_) => Ok(()),
+        None => Err(ApiError::not_found(format!("no backup {id}"))),
+    }
+}
+
 fn accepted(job: &Job, location: String, extra: serde_json::Value) -> Response {
     let mut body = json!({"job": job});
     if let (Some(b), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
@@ -129,9 +137,7 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = backup_id(&id)?;
-    if state.backups.show(&id).await?.is_none() {
-        return Err(ApiError::not_found(format!("no backup {id}")));
-    }
+    ensure_exists(&state, &id).await?;
     let backups = state.backups.clone();
     let job_id = id.clone();
     let job = state.jobs.start(GROUP, "backup.delete", move |_| async move {
@@ -167,9 +173,7 @@ pub async fn verify(
 ) -> Result<Response, ApiError> {
     let id = backup_id(&id)?;
     let req: VerifyBody = body(&bytes)?;
-    if state.backups.show(&id).await?.is_none() {
-        return Err(ApiError::not_found(format!("no backup {id}")));
-    }
+    ensure_exists(&state, &id).await?;
     let backups = state.backups.clone();
     let job_id = id.clone();
     let job = state.jobs.start("backup-verify", "backup.verify", move |_| async move {
