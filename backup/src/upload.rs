@@ -2,8 +2,8 @@
 //! zstd-compressed on the way when asked, throttled, and streamed to
 //! [`ObjectStore::put_reader`] (a multipart upload on S3).
 //!
-//! Reading, hashing and compressing run on a blocking thread that hands 1 MiB
-//! chunks to the upload through a channel of four: memory per upload is the
+//! Reading, hashing and compressing run on a blocking thread that hands
+//! 256 KiB chunks to the upload through a channel of four: memory per upload is the
 //! channel plus what the store holds in flight, whatever the file's size. A
 //! file that changes size or vanishes while it is read fails the upload; the
 //! object the store may have received is never named by a manifest.
@@ -24,7 +24,7 @@ use crate::manifest::Compression;
 use crate::store::{ObjectKey, ObjectStore};
 
 /// Bytes handed from the reader thread to the upload at a time.
-const CHUNK: usize = 1024 * 1024;
+const CHUNK: usize = 256 * 1024;
 /// Chunks buffered between the reader thread and the upload.
 const CHANNEL: usize = 4;
 
@@ -82,6 +82,11 @@ pub async fn upload_file(
     progress: Option<Arc<AtomicU64>>,
 ) -> Result<Uploaded, BackupError> {
     let (tx, mut rx) = mpsc::channel::<io::Result<Bytes>>(CHANNEL);
+    // An upper bound of what is stored (zstd's worst case adds well under 1 %),
+    // so that the store can size multipart parts for a huge file.
+    let size_hint = std::fs::metadata(path)
+        .ok()
+        .map(|m| m.len() + m.len() / 100 + CHUNK as u64);
     let source = path.to_path_buf();
     let reader = tokio::task::spawn_blocking(move || {
         read_file(&source, compression, zstd_level, tx, progress.as_deref())
@@ -101,7 +106,7 @@ pub async fn upload_file(
         }
     });
     let mut body = StreamReader::new(Box::pin(chunks));
-    let put = store.put_reader(key, &mut body).await;
+    let put = store.put_reader(key, &mut body, size_hint).await;
     drop(body);
     let read = reader
         .await
@@ -185,7 +190,14 @@ fn read_into(
         buffer: BytesMut::new(),
     };
     let mut out = match compression {
-        Compression::Zstd => Out::Zstd(zstd::stream::Encoder::new(sink, zstd_level)?),
+        Compression::Zstd => {
+            let mut encoder = zstd::stream::Encoder::new(sink, zstd_level)?;
+            // With the size known, zstd sizes its window and tables to the
+            // file: a small component costs kilobytes, not megabytes.
+            encoder.set_pledged_src_size(Some(expected))?;
+            encoder.include_contentsize(true)?;
+            Out::Zstd(encoder)
+        }
         Compression::None => Out::Raw(sink),
     };
     let mut total = 0u64;
@@ -198,6 +210,9 @@ fn read_into(
         chunk.truncate(n);
         hasher.update(&chunk);
         total += n as u64;
+        if total > expected {
+            break;
+        }
         if let Some(p) = progress {
             p.fetch_add(n as u64, Ordering::Relaxed);
         }
@@ -206,14 +221,18 @@ fn read_into(
             Out::Raw(sink) => sink.send(chunk.freeze())?,
         }
     }
+    // Checked before zstd ends the frame (it would refuse a size other than
+    // the pledged one with a less helpful message).
+    if total != expected {
+        return Err(io::Error::other(if total > expected {
+            format!("changed while being read: grew past the {expected} bytes it had at open")
+        } else {
+            format!("changed while being read: {expected} bytes at open, {total} read")
+        }));
+    }
     match out {
         Out::Zstd(encoder) => encoder.finish()?.flush()?,
         Out::Raw(mut sink) => sink.flush()?,
-    }
-    if total != expected {
-        return Err(io::Error::other(format!(
-            "changed while being read: {expected} bytes at open, {total} read"
-        )));
     }
     if std::fs::metadata(path)?.len() != total {
         return Err(io::Error::other("changed while being read"));
@@ -241,7 +260,7 @@ enum Out<'a> {
     Zstd(zstd::stream::Encoder<'static, ChunkSink<'a>>),
 }
 
-/// Collects compressed output into 1 MiB chunks for the channel.
+/// Collects compressed output into chunks of `CHUNK` bytes for the channel.
 struct ChunkSink<'a> {
     tx: &'a mpsc::Sender<io::Result<Bytes>>,
     buffer: BytesMut,

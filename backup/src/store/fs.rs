@@ -90,8 +90,8 @@ impl FsBackend {
     {
         let io = |e| StoreError::io("put", key.as_str(), e);
         let mut file = tokio::fs::File::create(temp).await.map_err(io)?;
-        // Large writes: one blocking write per MiB rather than per 8 KiB.
-        let mut reader = tokio::io::BufReader::with_capacity(1024 * 1024, reader);
+        // Large writes: one blocking write per 256 KiB rather than per 8 KiB.
+        let mut reader = tokio::io::BufReader::with_capacity(256 * 1024, reader);
         let size = tokio::io::copy_buf(&mut reader, &mut file)
             .await
             .map_err(io)?;

@@ -210,8 +210,14 @@ impl ObjectStore {
 
     /// Uploads everything `reader` yields; returns the byte count. The reader
     /// is read once: S3 parts are retried from memory, and a filesystem write
-    /// that fails is not retried.
-    pub async fn put_reader<R>(&self, key: &ObjectKey, reader: &mut R) -> Result<u64, StoreError>
+    /// that fails is not retried. `size_hint`, an upper bound of the bytes to
+    /// come, lets S3 parts grow so that a huge object stays within 10,000.
+    pub async fn put_reader<R>(
+        &self,
+        key: &ObjectKey,
+        reader: &mut R,
+        size_hint: Option<u64>,
+    ) -> Result<u64, StoreError>
     where
         R: AsyncRead + Unpin + Send + ?Sized,
     {
@@ -222,7 +228,8 @@ impl ObjectStore {
                     .await
             }
             Backend::S3(s3) => {
-                multipart::upload(s3, &self.attempts, key, reader, s3.part_size).await
+                let part_size = multipart::part_size_for(s3.part_size, size_hint);
+                multipart::upload(s3, &self.attempts, key, reader, part_size).await
             }
         }
     }

@@ -116,7 +116,10 @@ async fn multipart_parts_are_retried_one_by_one_without_rereading_the_source() {
         .map(|i: u32| (i % 251) as u8)
         .collect();
     let mut reader = &value[..];
-    store.put_reader(&key("big"), &mut reader).await.unwrap();
+    store
+        .put_reader(&key("big"), &mut reader, None)
+        .await
+        .unwrap();
     // Three parts, two of their attempts failed.
     assert_eq!((faults.attempts(), faults.injected()), (5, 2));
     assert!(store.get(&key("big")).await.unwrap() == value);

@@ -188,7 +188,10 @@ pub async fn large_objects_stream_up_in_parts_and_back_down(store: ObjectStore) 
     let from_reader = key("big/from-reader");
     let mut reader = &value[..];
     assert_eq!(
-        store.put_reader(&from_reader, &mut reader).await.unwrap(),
+        store
+            .put_reader(&from_reader, &mut reader, None)
+            .await
+            .unwrap(),
         value.len() as u64
     );
 
@@ -223,9 +226,35 @@ pub async fn large_objects_stream_up_in_parts_and_back_down(store: ObjectStore) 
         .collect();
     assert_eq!(leftovers.len(), 2, "temp files left: {leftovers:?}");
 
+    // A size hint past 10,000 parts of the configured size makes the parts
+    // larger: two instead of three.
+    if store.is_s3() {
+        let hinted = key("big/hinted");
+        let hint = 10_001 * 5 * 1024 * 1024;
+        assert_eq!(
+            store
+                .put_reader(&hinted, &mut &value[..], Some(hint))
+                .await
+                .unwrap(),
+            value.len() as u64
+        );
+        let etag = store.head(&hinted).await.unwrap().etag;
+        assert!(
+            etag.trim_matches('"').ends_with("-2"),
+            "not 2 parts: {etag}"
+        );
+        assert!(
+            store.get(&hinted).await.unwrap() == value,
+            "hinted upload differs"
+        );
+    }
+
     // A small object through the streaming path is a single put.
     let small = key("big/small");
-    store.put_reader(&small, &mut &b"tiny"[..]).await.unwrap();
+    store
+        .put_reader(&small, &mut &b"tiny"[..], None)
+        .await
+        .unwrap();
     assert_eq!(
         store.get(&small).await.unwrap(),
         Bytes::from_static(b"tiny")
