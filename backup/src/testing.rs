@@ -144,6 +144,29 @@ impl MotoServer {
         ))
     }
 
+    /// From now on, the server checks every request's credentials (and knows
+    /// none: it has no IAM users), as AWS does with wrong keys.
+    pub fn enforce_auth(&self) {
+        let port: u16 = self
+            .endpoint
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("endpoint port");
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to moto");
+        stream
+            .write_all(
+                b"POST /moto-api/reset-auth HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1\r\nConnection: close\r\n\r\n0",
+            )
+            .expect("send reset-auth");
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response);
+        assert!(
+            response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200"),
+            "moto refused reset-auth: {response}"
+        );
+    }
+
     pub fn endpoint(&self) -> &str {
         &self.endpoint
     }

@@ -489,4 +489,77 @@ async fn a_killed_sidecar_resumes_its_backup_and_a_bad_store_fails_clearly() {
         metrics.contains("anchises_backup_failures_total 1"),
         "{metrics}"
     );
+
+    // Credentials the store refuses: the same clear failure, naming them.
+    let bucket = moto.create_bucket().await.bucket;
+    moto.enforce_auth();
+    node.kill_sidecar();
+    let toml = format!(
+        "{}\n[backup]\nstore = \"s3\"\nschedule = \"off\"\nincremental = false\n\n[backup.s3]\nbucket = \"{bucket}\"\nendpoint = \"{}\"\nregion = \"us-east-1\"\naccess_key_id = \"AKIAWRONG\"\nsecret_access_key = \"wrong\"\n",
+        NodeSpec::new("bk-crash", 72).toml(&node.dir),
+        moto.endpoint()
+    );
+    node.respawn(Some(toml)).await;
+    node.wait_normal().await;
+    let (refused_id, job) = back_up(&node, r#"{"keyspaces": ["ks"]}"#).await;
+    assert_eq!(job["state"], "failed", "{job}");
+    let error = job["error"].as_str().unwrap();
+    assert!(error.contains("credentials"), "{error}");
+    let (status, list) = node.get("/v1/backups").await;
+    assert_eq!(status, 502, "{list}");
+    assert!(
+        list["error"].as_str().unwrap().contains("credentials"),
+        "{list}"
+    );
+    let leftover = std::process::Command::new("find")
+        .arg(node.data_dir())
+        .args(["-path", &format!("*snapshots/anchises-{refused_id}*")])
+        .output()
+        .unwrap();
+    assert!(leftover.stdout.is_empty(), "the snapshot is cleared");
+    drop(moto);
+
+    // The schedule: back on the filesystem store with a backup every 10 s,
+    // a new finished backup appears without any request.
+    node.kill_sidecar();
+    let toml = format!(
+        "{}\n[backup]\nschedule = \"*/10 * * * * *\"\nincremental = false\n",
+        NodeSpec::new("bk-crash", 72).toml(&node.dir)
+    );
+    node.respawn(Some(toml)).await;
+    node.wait_normal().await;
+    let ids = |list: &Value| -> HashSet<String> {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (status, list) = node.get("/v1/backups").await;
+    assert_eq!(status, 200, "{list}");
+    let before = ids(&list);
+    let waited = Instant::now();
+    let scheduled = loop {
+        let (_, list) = node.get("/v1/backups").await;
+        let new: Vec<Value> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|b| !before.contains(b["id"].as_str().unwrap()) && b["state"] == "done")
+            .cloned()
+            .collect();
+        if let Some(b) = new.first() {
+            break b.clone();
+        }
+        assert!(
+            waited.elapsed() < Duration::from_secs(60),
+            "no scheduled backup after 60 s: {list}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    println!(
+        "scheduled backup {} listed {:.1} s after the sidecar started",
+        scheduled["id"],
+        waited.elapsed().as_secs_f64()
+    );
 }

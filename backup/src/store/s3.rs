@@ -445,6 +445,22 @@ where
                     format!("bucket does not exist: {message} (http {status})"),
                     error,
                 ),
+                (
+                    _,
+                    "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "ExpiredToken"
+                    | "InvalidToken" | "TokenRefreshRequired",
+                ) => permanent(
+                    format!("s3 refused the credentials: {code}: {message} (http {status})"),
+                    error,
+                ),
+                (403, _) => permanent(
+                    format!(
+                        "access denied: the credentials are wrong or lack permission{}{} (http 403)",
+                        if code.is_empty() { "" } else { ": " },
+                        [code.as_str(), message.as_str()].join(" ").trim()
+                    ),
+                    error,
+                ),
                 (404, _) => StoreError::NotFound { key: key_string },
                 (412, _) | (409, "ConditionalRequestConflict") => {
                     StoreError::PreconditionFailed { key: key_string }

@@ -36,6 +36,34 @@ async fn a_missing_bucket_is_a_clear_error_that_is_not_retried() {
 }
 
 #[tokio::test]
+async fn wrong_credentials_are_a_clear_error_that_is_not_retried() {
+    let server = MotoServer::start();
+    let config = server.create_bucket().await;
+    let key = ObjectKey::new("a/b").unwrap();
+    let store = ObjectStore::s3(&config).await.unwrap();
+    store.put(&key, Bytes::from_static(b"v")).await.unwrap();
+    server.enforce_auth();
+    let faults = Arc::new(Faults::count_only());
+    let store = store.with_faults(faults.clone());
+
+    let error = store.put(&key, Bytes::from_static(b"w")).await.unwrap_err();
+    assert!(matches!(error, StoreError::Permanent { .. }), "{error:?}");
+    assert!(
+        error
+            .to_string()
+            .contains("s3 refused the credentials: InvalidAccessKeyId"),
+        "{error}"
+    );
+    let error = store.list("a/").await.unwrap_err();
+    assert!(error.to_string().contains("credentials"), "{error}");
+    // A HEAD's 403 has no body to name the code.
+    let error = store.head(&key).await.unwrap_err();
+    assert!(!error.is_retryable(), "{error:?}");
+    assert!(error.to_string().contains("access denied"), "{error}");
+    assert_eq!(faults.attempts(), 3, "an error was retried");
+}
+
+#[tokio::test]
 async fn an_unreachable_endpoint_is_retried_a_bounded_number_of_times() {
     // A port that was free a moment ago: nothing listens there.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
