@@ -449,4 +449,150 @@ async fn a_cancelled_or_killed_restore_continues_where_it_stopped() {
         let toc = data.replace("-Data.db", "-TOC.txt");
         assert!(std::path::Path::new(&toc).exists(), "{data} has no TOC");
     }
+
+    // Killed mid-import: the sidecar (and its Cassandra with it) is SIGKILLed
+    // as soon as Cassandra has moved the first of t0's 24 staged SSTables into
+    // the table. The rerun imports what was left, and no SSTable is imported
+    // twice or in part.
+    let tables: Vec<String> = (0..4).map(|t| format!("many.t{t}")).collect();
+    let sstables_of = |table: &str| if table == "many.t0" { 24 } else { 3 };
+    exec(&session, "CREATE KEYSPACE many WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}").await;
+    for table in &tables {
+        exec(
+            &session,
+            &format!("CREATE TABLE {table} (id int PRIMARY KEY, v text) WITH compaction = {{'class': 'SizeTieredCompactionStrategy', 'enabled': 'false'}}"),
+        )
+        .await;
+        for flush in 0..sstables_of(table) {
+            for i in 0..50 {
+                let id = flush * 50 + i;
+                exec(
+                    &session,
+                    &format!("INSERT INTO {table} (id, v) VALUES ({id}, '{table} {id}')"),
+                )
+                .await;
+            }
+            let name = table.strip_prefix("many.").unwrap();
+            let job = node
+                .action(
+                    "flush",
+                    Some(&format!(r#"{{"keyspace": "many", "tables": ["{name}"]}}"#)),
+                )
+                .await;
+            assert_eq!(job["state"], "succeeded", "{job}");
+        }
+    }
+    let live_sstables = |node: &TestNode| -> std::collections::BTreeMap<String, usize> {
+        let mut counts = std::collections::BTreeMap::new();
+        for dir in std::fs::read_dir(node.data_dir().join("many"))
+            .unwrap()
+            .flatten()
+        {
+            let table = dir
+                .file_name()
+                .to_string_lossy()
+                .split('-')
+                .next()
+                .unwrap()
+                .to_string();
+            let n = std::fs::read_dir(dir.path())
+                .unwrap()
+                .flatten()
+                .filter(|f| f.file_name().to_string_lossy().ends_with("-Data.db"))
+                .count();
+            *counts.entry(table).or_default() += n;
+        }
+        counts
+    };
+    let before_counts = live_sstables(&node);
+    let expected: std::collections::BTreeMap<String, usize> = tables
+        .iter()
+        .map(|t| (t.strip_prefix("many.").unwrap().to_string(), sstables_of(t)))
+        .collect();
+    assert_eq!(before_counts, expected);
+    let mut before = Vec::new();
+    for table in &tables {
+        before.push(scan(&session, table).await);
+    }
+    backup(&node, r#"{"keyspaces": ["many"]}"#).await;
+    for table in &tables {
+        exec(&session, &format!("TRUNCATE {table}")).await;
+    }
+    drop(session);
+    let request = r#"{"keyspaces": ["many"]}"#;
+    let (status, _, started) = node.request("POST", "/v1/restores", Some(request)).await;
+    assert_eq!(status, 202, "{started}");
+    let id = started["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, r) = node.get(&format!("/v1/restores/{id}")).await;
+        if r["phase"] == "import" {
+            break;
+        }
+        assert_eq!(r["state"], "running", "{r}");
+        assert!(Instant::now() < deadline, "no import phase: {r}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let staged_t0 = std::fs::read_dir(node.dir.join(format!("anchises/restore/{id}/staging/many")))
+        .unwrap()
+        .flatten()
+        .find(|d| d.file_name().to_string_lossy().starts_with("t0-"))
+        .unwrap()
+        .path();
+    let staged_files =
+        |dir: &std::path::Path| std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
+    let all = staged_files(&staged_t0);
+    assert!(all >= 24 * 5, "t0's SSTables are staged: {all} files");
+    while staged_files(&staged_t0) >= all {
+        assert!(
+            Instant::now() < deadline,
+            "Cassandra never moved a staged file"
+        );
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let jvm = node.cassandra_pid().unwrap();
+    node.kill_sidecar();
+    let left = staged_files(&staged_t0);
+    println!("killed with {left} of t0's {all} staged files not yet moved");
+    assert!(TestNode::wait_gone(jvm, Duration::from_secs(30)));
+    node.respawn(None).await;
+    node.wait_normal().await;
+    let (status, _, started) = node.request("POST", "/v1/restores", Some(request)).await;
+    assert_eq!(status, 202, "{started}");
+    assert_eq!(
+        started["id"],
+        id.as_str(),
+        "the restore continues after the crash"
+    );
+    let job = job_of(&node, &started).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let session = cql(node.address).await;
+    for (table, rows) in tables.iter().zip(&before) {
+        assert_eq!(&scan(&session, table).await, rows, "{table}");
+    }
+    assert_eq!(
+        live_sstables(&node),
+        before_counts,
+        "each SSTable imported once"
+    );
+    // Every SSTable in the tables is whole: each component its TOC names is there.
+    let out = std::process::Command::new("find")
+        .arg(node.data_dir().join("many"))
+        .args(["-maxdepth", "2", "-name", "*-TOC.txt"])
+        .output()
+        .unwrap();
+    let tocs: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(tocs.len(), 24 + 3 * 3, "{tocs:?}");
+    for toc in tocs {
+        for component in std::fs::read_to_string(&toc).unwrap().lines() {
+            let file = toc.replace("TOC.txt", component.trim());
+            assert!(
+                std::path::Path::new(&file).exists(),
+                "{toc} names {component}, which is missing"
+            );
+        }
+    }
 }

@@ -195,11 +195,20 @@ pub struct RestoreView {
     pub error: Option<String>,
 }
 
-/// What survives a crash: the request and the tables already imported.
+/// What survives a crash: the request, the tables already imported, and the
+/// table whose import was under way.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct SavedState {
     request: CreateRestore,
     imported: Vec<String>,
+    /// Cassandra moves a table's staged SSTables into the table one by one,
+    /// each SSTable's `Data.db` last: after a crash mid-import, an SSTable
+    /// whose `Data.db` is gone from staging was imported whole and is not
+    /// downloaded again (that would import it twice); one whose `Data.db` is
+    /// still staged gets its missing components downloaded again and is
+    /// imported with the rest.
+    #[serde(default)]
+    importing: Option<String>,
     finished: bool,
 }
 
@@ -473,15 +482,24 @@ impl Restores {
         let staging = dir.join("staging");
         let mut saved = read_state(dir).unwrap_or_default();
         // Tables already imported are not staged again (their files were
-        // moved into the table by the import).
+        // moved into the table by the import), nor is the one whose import
+        // was interrupted.
         let pending: Vec<_> = plan
             .files
             .iter()
             .filter(|f| !saved.imported.contains(&table_of(f)))
             .cloned()
             .collect();
+        let to_stage: Vec<_> = pending
+            .iter()
+            .filter(|f| {
+                saved.importing.as_deref() != Some(table_of(f).as_str())
+                    || still_staged(&staging, f)
+            })
+            .cloned()
+            .collect();
         set_phase("stage");
-        let downloaded = self.stage(&pending, &staging, progress, cancel).await?;
+        let downloaded = self.stage(&to_stage, &staging, progress, cancel).await?;
         if cancel.is_cancelled() {
             return Err(BackupError::Cancelled);
         }
@@ -520,8 +538,21 @@ impl Restores {
                 return Err(BackupError::Cancelled);
             }
             let (ks, name) = table.split_once('.').expect("ks.table");
-            let paths: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
-            let failed = self
+            let paths: Vec<String> = dirs
+                .iter()
+                .filter(|d| std::fs::read_dir(d).is_ok_and(|mut e| e.next().is_some()))
+                .map(|d| d.display().to_string())
+                .collect();
+            saved.importing = Some(table.clone());
+            write_state(dir, &saved).map_err(|source| BackupError::File {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+            let failed = if paths.is_empty() {
+                // An interrupted import that had moved everything already.
+                json!([])
+            } else {
+                self
                 .backups
                 .node
                 .jolokia
@@ -530,18 +561,23 @@ impl Restores {
                     "importNewSSTables(java.util.Set,boolean,boolean,boolean,boolean,boolean,boolean,boolean,boolean,boolean)",
                     // srcPaths, resetLevel, clearRepaired, verifySSTables,
                     // verifyTokens, invalidateCaches, extendedVerify, copyData,
-                    // failOnMissingIndex, validateIndexChecksum
-                    vec![json!(paths), json!(true), json!(true), json!(true), json!(true), json!(true), json!(false), json!(false), json!(false), json!(true)],
+                    // failOnMissingIndex, validateIndexChecksum. Every staged
+                    // file matched its BLAKE3 hash, so Cassandra's own full
+                    // read of each SSTable (verifySSTables) is skipped; its
+                    // quick check (metadata) and the token ownership check run.
+                    vec![json!(paths), json!(true), json!(true), json!(false), json!(true), json!(true), json!(false), json!(false), json!(false), json!(true)],
                     self.backups.config.cassandra.start_timeout,
                 )
                 .await
-                .map_err(|e| BackupError::Invalid(format!("import into {table} failed: {e}")))?;
+                .map_err(|e| BackupError::Invalid(format!("import into {table} failed: {e}")))?
+            };
             if failed.as_array().is_some_and(|a| !a.is_empty()) {
                 return Err(BackupError::Invalid(format!(
                     "Cassandra could not import into {table} from {failed}"
                 )));
             }
             saved.imported.push(table.clone());
+            saved.importing = None;
             write_state(dir, &saved).map_err(|source| BackupError::File {
                 path: dir.to_path_buf(),
                 source,
@@ -701,6 +737,7 @@ impl Restores {
         let saved = SavedState {
             request: read_state(dir).map(|s| s.request).unwrap_or_default(),
             imported: plan.tables.clone(),
+            importing: None,
             finished: true,
         };
         write_state(dir, &saved).map_err(io(dir))?;
@@ -785,6 +822,17 @@ impl Restores {
             error: s.error.clone(),
         }
     }
+}
+
+/// Whether the `Data.db` of `f`'s SSTable is still in `staging` (Cassandra
+/// moves it last when it imports the SSTable).
+fn still_staged(staging: &Path, f: &anchises_backup::manifest::FileEntry) -> bool {
+    let Some((descriptor, _)) = f.name.rsplit_once('-') else {
+        return true;
+    };
+    anchises_backup::restore::staged_path(staging, f)
+        .with_file_name(format!("{descriptor}-Data.db"))
+        .exists()
 }
 
 fn table_of(f: &anchises_backup::manifest::FileEntry) -> String {
