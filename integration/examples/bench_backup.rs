@@ -1,9 +1,12 @@
-//! Side-by-side backup benchmark on one real node: the same snapshot of ≥ 2 GB of
-//! SSTables backed up by
+//! Side-by-side backup and restore benchmark on one real node: the same snapshot of
+//! ≥ 2 GB of SSTables backed up by
 //! (a) `cp -r` of the snapshot tree, (b) `tar -c | zstd -1 -T0` of it,
 //! (c) `medusa backup-node` to local storage, (d) `medusa backup-node` to S3 (moto),
-//! (e) `medusa restore-node` from the local backup (stop, replace the data, start),
-//! and Anchises' own backup (see [`anchises_backup_run`]); prints one table.
+//! (e) Anchises to its filesystem store, then again unchanged (dedup), (f) `cp -r` of
+//! Anchises' store (the restore baseline), (g) an Anchises online restore after
+//! TRUNCATE and (h) a full-node restore in place, (i) Anchises to S3 on the same moto,
+//! (j) `medusa restore-node` from the local backup (stop, replace the data, start);
+//! then the Anchises incremental upload latency after 20 flushes. Prints one table.
 //!
 //! The load: `BENCH_BACKUP_GB` (default 2) GB on disk in 4 tables of keyspace `bench`,
 //! written by concurrent prepared inserts of mostly incompressible blobs (2–32 KiB,
@@ -14,6 +17,8 @@
 //! every contender reads the snapshot from disk; each timed phase ends with `sync`;
 //! each row's note gives the idle % before it. MB = 10^6 bytes; MB/s = bytes of the
 //! `bench` snapshot / seconds (Medusa also backs up the few MB of system keyspaces).
+//!
+//! `BENCH_SKIP_MEDUSA=1` leaves the Medusa rows out (quicker while tuning).
 //!
 //! Needs Medusa (`ops-scripts/install-medusa.sh`) and moto
 //! (`ops-scripts/install-test-tools.sh`); both are installed if missing.
@@ -73,27 +78,393 @@ impl Figures {
     }
 }
 
-/// What a contender gets to work with.
-pub struct BenchContext<'a> {
-    pub node: &'a TestNode,
-    pub moto: &'a MotoServer,
-    /// Bytes of the `bench` keyspace's snapshot the other contenders backed up.
-    pub snapshot_bytes: u64,
-    /// Scratch space, removed at the end.
-    pub work: &'a Path,
+// ---------------------------------------------------------------------------------
+// Anchises
+// ---------------------------------------------------------------------------------
+
+/// The benchmark node's `[backup]` section: the filesystem store under the work
+/// dir, or S3 on `s3 = (endpoint, bucket)`; no schedule; incrementals only when
+/// asked (otherwise the load's flushes would fill the store before the timed
+/// backup).
+fn backup_toml(store: &Path, s3: Option<(&str, &str)>, incremental: bool) -> String {
+    let mut t = format!(
+        "\n[backup]\nschedule = \"off\"\nincremental = {incremental}\npath = \"{}\"\n",
+        store.display()
+    );
+    if let Some((endpoint, bucket)) = s3 {
+        t.push_str(&format!(
+            "store = \"s3\"\n\n[backup.s3]\nbucket = \"{bucket}\"\nendpoint = \"{endpoint}\"\nregion = \"us-east-1\"\naccess_key_id = \"test\"\nsecret_access_key = \"test\"\n"
+        ));
+    }
+    t
 }
 
-// ---------------------------------------------------------------------------------
-// ANCHISES: the Anchises backup engine's measurement goes here: a backup of the same
-// node to S3 on the same moto server, timed the same way as the others (call
-// `quiet_and_cold()` first, end with `sync`; seconds, MB/s of `ctx.snapshot_bytes`,
-// and the sidecar's peak RSS, e.g. VmHWM of `ctx.node.sidecar_pid()` sampled as in
-// `run_measured`). Return the figures; `None` leaves the row out of the table.
-// ---------------------------------------------------------------------------------
-async fn anchises_backup_run(ctx: &BenchContext<'_>) -> Option<Figures> {
-    let _ = (ctx.node, ctx.moto, ctx.snapshot_bytes, ctx.work);
-    println!("anchises: not measured yet");
-    None
+/// Restarts the sidecar (SIGKILL + start; Cassandra goes down with it and is
+/// started again) with the given `[backup]` section, so the next phase's peak
+/// RSS is its own; autocompaction stays off.
+async fn fresh_sidecar(node: &mut TestNode, backup: String) {
+    let mut spec = node.spec.clone();
+    spec.extra_toml = backup;
+    node.kill_sidecar();
+    node.respawn(Some(spec.toml(&node.dir))).await;
+    node.wait_normal().await;
+    disable_autocompaction().await;
+}
+
+/// Waits for a quiet, cold machine, then POSTs `body` to `path` and polls the job
+/// until it ends, then `sync`. Returns the finished job and its run: seconds, the
+/// sidecar's peak RSS (VmHWM, so the sidecar's whole life) and the idle % before.
+async fn timed_job(node: &TestNode, path: &str, body: Value) -> (Value, Run) {
+    let (cold, idle_before) = quiet_and_cold();
+    let t0 = Instant::now();
+    let (status, _, started) = node.request("POST", path, Some(&body.to_string())).await;
+    assert_eq!(status, 202, "POST {path} {body}: {started}");
+    let location = format!(
+        "/v1/jobs/{}",
+        started["job"]["id"].as_str().expect("job id")
+    );
+    let job = anchises_integration::poll_job(
+        &reqwest::Client::new(),
+        &node.api,
+        &location,
+        Duration::from_secs(1800),
+    )
+    .await;
+    sh("sync");
+    let seconds = t0.elapsed().as_secs_f64();
+    assert_eq!(job["state"], "succeeded", "POST {path} {body}: {job}");
+    let pid = node.sidecar_pid().expect("sidecar runs") as u32;
+    let hwm = proc_status_kib(pid, "VmHWM:");
+    let run = Run {
+        seconds,
+        cold,
+        idle_before,
+        own_hwm_kib: hwm,
+        tree_peak_kib: None,
+        log: String::new(),
+    };
+    (job, run)
+}
+
+fn anchises_figures(what: &str, run: &Run, bytes: u64, note: String) -> Figures {
+    Figures {
+        what: what.into(),
+        seconds: run.seconds,
+        bytes,
+        peak_rss_kib: run.own_hwm_kib,
+        tree_peak_rss_kib: None,
+        note: format!("{note}; idle before {:.0}%", run.idle_before),
+    }
+}
+
+fn backup_note(job: &Value) -> String {
+    let t = &job["result"]["totals"];
+    format!(
+        "{} files; uploaded {:.1} MB, reused {:.1} MB, stored {:.1} MB",
+        t["files"],
+        t["uploaded_bytes"].as_f64().unwrap_or(0.0) / 1e6,
+        t["reused_bytes"].as_f64().unwrap_or(0.0) / 1e6,
+        t["stored_bytes"].as_f64().unwrap_or(0.0) / 1e6,
+    )
+}
+
+/// Anchises' rows: a whole-node backup to the filesystem store, a second backup
+/// of the unchanged keyspace, `cp -r` of the store (the restore baseline), an
+/// online restore after TRUNCATE, a full-node restore in place, and a whole-node
+/// backup to S3 on the same moto server as Medusa's.
+async fn anchises_runs(
+    node: &mut TestNode,
+    moto: &MotoServer,
+    store: &Path,
+    snapshot_bytes: u64,
+    rows: i64,
+    work: &Path,
+) -> Vec<Figures> {
+    let mut out = Vec::new();
+    let fs_toml = backup_toml(store, None, false);
+
+    // Backup to the filesystem store: the whole node, as Medusa does.
+    fresh_sidecar(node, fs_toml.clone()).await;
+    let (job, run) = timed_job(node, "/v1/backups", json!({})).await;
+    let backup_id = job["result"]["backup_id"]
+        .as_str()
+        .expect("backup id")
+        .to_string();
+    out.push(anchises_figures(
+        "anchises backup (filesystem store)",
+        &run,
+        snapshot_bytes,
+        backup_note(&job),
+    ));
+
+    // The same keyspace again, unchanged: nothing to upload.
+    let (job, run) = timed_job(node, "/v1/backups", json!({"keyspaces": [KEYSPACE]})).await;
+    let uploaded = job["result"]["totals"]["uploaded_bytes"].as_u64();
+    println!("anchises second backup of unchanged `{KEYSPACE}`: uploaded {uploaded:?} bytes");
+    assert_eq!(
+        uploaded,
+        Some(0),
+        "the second backup uploads nothing: {job}"
+    );
+    out.push(anchises_figures(
+        "anchises 2nd backup (unchanged)",
+        &run,
+        snapshot_bytes,
+        backup_note(&job),
+    ));
+
+    // Restore baseline: cp -r of the store (every object the restores read).
+    let copy = work.join("store-copy");
+    let mut cmd = Command::new("cp");
+    cmd.arg("-r").arg(store).arg(&copy);
+    let run = run_measured(cmd, &work.join("cp-store.log"));
+    let store_bytes = dir_bytes(&copy);
+    out.push(Figures {
+        what: "cp -r backup store (restore baseline)".into(),
+        seconds: run.seconds,
+        bytes: store_bytes,
+        peak_rss_kib: run.own_hwm_kib,
+        tree_peak_rss_kib: None,
+        note: format!(
+            "{:.1} MB, MB/s of those; idle before {:.0}%",
+            store_bytes as f64 / 1e6,
+            run.idle_before
+        ),
+    });
+    std::fs::remove_dir_all(&copy).expect("remove store copy");
+
+    // Online restore: TRUNCATE every table, then import the backup's SSTables.
+    {
+        let session = anchises_integration::cql(node.address).await;
+        for t in 0..PAYLOADS.len() {
+            session
+                .query_unpaged(format!("TRUNCATE {KEYSPACE}.t{t}"), ())
+                .await
+                .expect("truncate");
+        }
+        let left = count_rows(&session).await;
+        assert_eq!(left, 0, "the tables are empty after TRUNCATE");
+    }
+    // TRUNCATE's automatic snapshots would double the disk use.
+    clear_snapshots().await;
+    fresh_sidecar(node, fs_toml.clone()).await;
+    let (job, run) = timed_job(
+        node,
+        "/v1/restores",
+        json!({"backup_id": backup_id, "keyspaces": [KEYSPACE]}),
+    )
+    .await;
+    check_sample(node, rows, "online restore").await;
+    out.push(anchises_figures(
+        "anchises online restore (fs store)",
+        &run,
+        snapshot_bytes,
+        format!(
+            "{} files ({} downloaded), {:.1} MB, then importNewSSTables",
+            job["result"]["files"],
+            job["result"]["downloaded"],
+            job["result"]["bytes"].as_f64().unwrap_or(0.0) / 1e6
+        ),
+    ));
+
+    // Full-node restore in place: stop, move aside, lay out, start, NORMAL.
+    fresh_sidecar(node, fs_toml.clone()).await;
+    let (job, run) = timed_job(
+        node,
+        "/v1/restores",
+        json!({"backup_id": backup_id, "mode": "full"}),
+    )
+    .await;
+    node.wait_normal().await;
+    check_sample(node, rows, "full-node restore").await;
+    disable_autocompaction().await;
+    out.push(anchises_figures(
+        "anchises full-node restore (fs, in place)",
+        &run,
+        snapshot_bytes,
+        format!(
+            "{} files ({} downloaded), {:.1} MB; stop, lay out, start to NORMAL",
+            job["result"]["files"],
+            job["result"]["downloaded"],
+            job["result"]["bytes"].as_f64().unwrap_or(0.0) / 1e6
+        ),
+    ));
+
+    // What moto itself takes: the snapshot's bytes as 8 MiB PUTs, 4 at a time,
+    // from memory (no reading, hashing or compression): the ceiling of any
+    // backup to this server.
+    out.push(moto_ceiling(moto, snapshot_bytes).await);
+
+    // Backup to S3 on moto.
+    let bucket = moto.create_bucket().await.bucket;
+    fresh_sidecar(
+        node,
+        backup_toml(store, Some((moto.endpoint(), bucket.as_str())), false),
+    )
+    .await;
+    let (job, run) = timed_job(node, "/v1/backups", json!({})).await;
+    out.push(anchises_figures(
+        "anchises backup (S3 on moto)",
+        &run,
+        snapshot_bytes,
+        backup_note(&job),
+    ));
+    fresh_sidecar(node, fs_toml).await;
+    out
+}
+
+async fn moto_ceiling(moto: &MotoServer, bytes: u64) -> Figures {
+    use futures::StreamExt;
+    const PART: usize = 8 << 20;
+    let store = anchises_backup::ObjectStore::s3(&moto.create_bucket().await)
+        .await
+        .expect("s3 store");
+    let body = bytes::Bytes::from((0..PART).map(|i| (i * 31 % 251) as u8).collect::<Vec<u8>>());
+    let count = bytes.div_ceil(PART as u64);
+    let (_, idle_before) = quiet_and_cold();
+    let t0 = Instant::now();
+    futures::stream::iter(0..count)
+        .map(|i| {
+            let (store, body) = (&store, body.clone());
+            async move {
+                let key =
+                    anchises_backup::store::ObjectKey::new(format!("ceiling/{i}")).expect("key");
+                store.put(&key, body).await.expect("put to moto");
+            }
+        })
+        .buffer_unordered(4)
+        .collect::<Vec<()>>()
+        .await;
+    Figures {
+        what: "PUTs from memory to moto (ceiling)".into(),
+        seconds: t0.elapsed().as_secs_f64(),
+        bytes: count * PART as u64,
+        peak_rss_kib: None,
+        tree_peak_rss_kib: None,
+        note: format!("{count} objects of 8 MiB, 4 at a time; idle before {idle_before:.0}%"),
+    }
+}
+
+/// Incremental pick-up: with incrementals on (a restart, so that Cassandra's
+/// `incremental_backups` follows), `rounds` times: write rows, flush, and time
+/// until the sidecar has uploaded the flushed SSTables and removed their
+/// `backups/` links. Returns the latencies in seconds, sorted.
+async fn anchises_incrementals(
+    node: &mut TestNode,
+    store: &Path,
+    first_row: i64,
+    rounds: usize,
+) -> Vec<f64> {
+    let mut spec = node.spec.clone();
+    spec.extra_toml = backup_toml(store, None, true);
+    assert!(node.stop(), "the sidecar stops");
+    node.respawn(Some(spec.toml(&node.dir))).await;
+    node.wait_normal().await;
+    let session = Arc::new(anchises_integration::cql(node.address).await);
+    let ks_dir = node.data_dir().join(KEYSPACE);
+    let mut latencies = Vec::new();
+    for round in 0..rounds as i64 {
+        insert_rows(&session, first_row + round * 400, 400).await;
+        flush(node).await;
+        let flushed = Instant::now();
+        // The flush just made links under backups/; they go once uploaded and logged.
+        assert!(
+            links_under_backups(&ks_dir) > 0,
+            "the flush left backups/ links"
+        );
+        while links_under_backups(&ks_dir) > 0 {
+            assert!(
+                flushed.elapsed() < Duration::from_secs(120),
+                "incremental links still there after 120 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        latencies.push(flushed.elapsed().as_secs_f64());
+    }
+    latencies.sort_by(f64::total_cmp);
+    latencies
+}
+
+/// Data.db files under the keyspace's `backups/` directories.
+fn links_under_backups(ks_dir: &Path) -> usize {
+    std::fs::read_dir(ks_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|t| {
+            std::fs::read_dir(t.path().join("backups"))
+                .into_iter()
+                .flatten()
+                .flatten()
+        })
+        .filter(|f| f.file_name().to_string_lossy().ends_with("Data.db"))
+        .count()
+}
+
+async fn clear_snapshots() {
+    let http = reqwest::Client::new();
+    jolokia(
+        &http,
+        json!({"type": "exec", "mbean": "org.apache.cassandra.db:type=StorageService",
+               "operation": "clearSnapshot(java.util.Map,java.lang.String,[Ljava.lang.String;)",
+               "arguments": [{}, "", [KEYSPACE]]}),
+    )
+    .await;
+}
+
+async fn disable_autocompaction() {
+    jolokia(
+        &reqwest::Client::new(),
+        json!({"type": "exec", "mbean": "org.apache.cassandra.db:type=StorageService",
+               "operation": "disableAutoCompaction(java.lang.String,[Ljava.lang.String;)",
+               "arguments": [KEYSPACE, []]}),
+    )
+    .await;
+}
+
+async fn count_rows(session: &scylla::client::session::Session) -> i64 {
+    let mut n = 0;
+    for t in 0..PAYLOADS.len() {
+        let (c,) = session
+            .query_unpaged(format!("SELECT count(*) FROM {KEYSPACE}.t{t}"), ())
+            .await
+            .expect("count")
+            .into_rows_result()
+            .expect("rows")
+            .single_row::<(i64,)>()
+            .expect("one count");
+        n += c;
+    }
+    n
+}
+
+/// 200 rows sampled from `0..rows` read back exactly as written.
+async fn check_sample(node: &TestNode, rows: i64, after: &str) {
+    let session = anchises_integration::cql(node.address).await;
+    let mut rng = Rng(42);
+    for _ in 0..200 {
+        let id = (rng.next() % rows as u64) as i64;
+        let (note, payload) = row(id);
+        let (got_note, got_payload) = session
+            .query_unpaged(
+                format!(
+                    "SELECT note, payload FROM {KEYSPACE}.t{} WHERE id = ?",
+                    table_of(id)
+                ),
+                (id,),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("read after {after}: {e}"))
+            .into_rows_result()
+            .expect("rows")
+            .single_row::<(String, Vec<u8>)>()
+            .unwrap_or_else(|e| panic!("row {id} after {after}: {e}"));
+        assert!(
+            got_note == note && got_payload == payload,
+            "row {id} differs after {after}"
+        );
+    }
+    println!("after {after}: 200 sampled rows match");
 }
 
 // ---------------------------------------------------------------------------------
@@ -618,11 +989,13 @@ async fn main() {
     );
 
     // One node.
+    let store = work.join("anchises-store");
     let spec = NodeSpec {
         initial_token: Some("0".into()),
+        extra_toml: backup_toml(&store, None, false),
         ..NodeSpec::new("benchbk", OCTET)
     };
-    let node = TestNode::start(spec).await;
+    let mut node = TestNode::start(spec).await;
     node.wait_normal().await;
     let ks_dir = node.data_dir().join(KEYSPACE);
 
@@ -780,40 +1153,43 @@ async fn main() {
         ),
     )
     .expect("write medusa ini");
-    let run = run_measured(
-        medusa_cmd(&local_ini, &["backup-node", "--backup-name", "bench-local"]),
-        &work.join("medusa-backup-local.log"),
-    );
-    cold &= run.cold;
-    let stored = dir_bytes(&local_store);
-    results.push(medusa_figures(
-        "medusa backup-node (local)",
-        &run,
-        snapshot_bytes,
-        format!(
-            "{}; {:.1} MB in the store",
-            medusa_summary(&run.log),
-            stored as f64 / 1e6
-        ),
-    ));
-
-    // (d) medusa backup-node to S3 on moto
+    // (BENCH_SKIP_MEDUSA=1 leaves Medusa out, e.g. while tuning Anchises.)
+    let medusa = std::env::var_os("BENCH_SKIP_MEDUSA").is_none();
     let moto = MotoServer::start();
-    let bucket = moto.create_bucket().await.bucket;
-    let port = moto
-        .endpoint()
-        .rsplit(':')
-        .next()
-        .expect("endpoint port")
-        .to_string();
-    let credentials = work.join("medusa-s3-credentials");
-    std::fs::write(
-        &credentials,
-        "[default]\naws_access_key_id = test\naws_secret_access_key = test\n",
-    )
-    .expect("write credentials");
-    let s3_ini = work.join("medusa-s3.ini");
-    std::fs::write(
+    if medusa {
+        let run = run_measured(
+            medusa_cmd(&local_ini, &["backup-node", "--backup-name", "bench-local"]),
+            &work.join("medusa-backup-local.log"),
+        );
+        cold &= run.cold;
+        let stored = dir_bytes(&local_store);
+        results.push(medusa_figures(
+            "medusa backup-node (local)",
+            &run,
+            snapshot_bytes,
+            format!(
+                "{}; {:.1} MB in the store",
+                medusa_summary(&run.log),
+                stored as f64 / 1e6
+            ),
+        ));
+
+        // (d) medusa backup-node to S3 on moto
+        let bucket = moto.create_bucket().await.bucket;
+        let port = moto
+            .endpoint()
+            .rsplit(':')
+            .next()
+            .expect("endpoint port")
+            .to_string();
+        let credentials = work.join("medusa-s3-credentials");
+        std::fs::write(
+            &credentials,
+            "[default]\naws_access_key_id = test\naws_secret_access_key = test\n",
+        )
+        .expect("write credentials");
+        let s3_ini = work.join("medusa-s3.ini");
+        std::fs::write(
         &s3_ini,
         medusa_ini(
             &node,
@@ -824,116 +1200,100 @@ async fn main() {
         ),
     )
     .expect("write medusa ini");
-    let run = run_measured(
-        medusa_cmd(&s3_ini, &["backup-node", "--backup-name", "bench-s3"]),
-        &work.join("medusa-backup-s3.log"),
-    );
-    cold &= run.cold;
-    results.push(medusa_figures(
-        "medusa backup-node (S3 on moto)",
-        &run,
-        snapshot_bytes,
-        medusa_summary(&run.log),
-    ));
+        let run = run_measured(
+            medusa_cmd(&s3_ini, &["backup-node", "--backup-name", "bench-s3"]),
+            &work.join("medusa-backup-s3.log"),
+        );
+        cold &= run.cold;
+        results.push(medusa_figures(
+            "medusa backup-node (S3 on moto)",
+            &run,
+            snapshot_bytes,
+            medusa_summary(&run.log),
+        ));
+    }
 
     // Anchises, same node, same moto.
-    let ctx = BenchContext {
-        node: &node,
-        moto: &moto,
-        snapshot_bytes,
-        work: &work,
-    };
-    if let Some(f) = anchises_backup_run(&ctx).await {
-        results.push(f);
-    }
+    results.extend(anchises_runs(&mut node, &moto, &store, snapshot_bytes, rows, &work).await);
     drop(moto);
 
     // (e) medusa restore-node from the local backup (in place: stop, replace, start).
-    let restore_tmp = work.join("restore-tmp");
-    std::fs::create_dir_all(&restore_tmp).expect("restore temp dir");
-    let run = run_measured(
-        medusa_cmd(
-            &local_ini,
-            &[
-                "restore-node",
-                "--backup-name",
-                "bench-local",
-                "--temp-dir",
-                &restore_tmp.display().to_string(),
-            ],
-        ),
-        &work.join("medusa-restore-local.log"),
-    );
-    cold &= run.cold;
-    // Phases from Medusa's log; "other" is the rest: Python start, reading the backup
-    // index, and `anchises node start` until the node is NORMAL again.
-    let phase = |from: &str, to: &str| -> Option<f64> {
-        Some(medusa_log_time(&run.log, to)? - medusa_log_time(&run.log, from)?)
-    };
-    let phases = [
-        (
-            "download",
-            phase("Downloading data from backup", "Stopping Cassandra"),
-        ),
-        ("stop", phase("Stopping Cassandra", "Moving backup data")),
-        ("move", phase("Moving backup data", "Starting Cassandra")),
-    ];
-    let mut note = String::new();
-    for (name, secs) in phases {
-        let _ = match secs {
-            Some(s) => write!(note, "{name} {s:.1} s, "),
-            None => write!(note, "{name} ? s, "),
-        };
-    }
-    let known: f64 = phases.iter().filter_map(|(_, s)| *s).sum();
-    let _ = write!(
-        note,
-        "other (start to NORMAL, ...) {:.1} s",
-        run.seconds - known
-    );
-    results.push(medusa_figures(
-        "medusa restore-node (local, in place)",
-        &run,
-        snapshot_bytes,
-        note,
-    ));
-
-    // The restored node serves the rows it had (sampled), from the same SSTables.
-    node.wait_normal().await;
-    let session = anchises_integration::cql(node.address).await;
-    let mut rng = Rng(42);
-    for _ in 0..200 {
-        let id = (rng.next() % rows as u64) as i64;
-        let (note, payload) = row(id);
-        let (got_note, got_payload) = session
-            .query_unpaged(
-                format!(
-                    "SELECT note, payload FROM {KEYSPACE}.t{} WHERE id = ?",
-                    table_of(id)
-                ),
-                (id,),
-            )
-            .await
-            .expect("read after restore")
-            .into_rows_result()
-            .expect("rows")
-            .single_row::<(String, Vec<u8>)>()
-            .unwrap_or_else(|e| panic!("row {id} after restore: {e}"));
-        assert!(
-            got_note == note && got_payload == payload,
-            "row {id} differs after restore"
+    if medusa {
+        let restore_tmp = work.join("restore-tmp");
+        std::fs::create_dir_all(&restore_tmp).expect("restore temp dir");
+        let run = run_measured(
+            medusa_cmd(
+                &local_ini,
+                &[
+                    "restore-node",
+                    "--backup-name",
+                    "bench-local",
+                    "--temp-dir",
+                    &restore_tmp.display().to_string(),
+                ],
+            ),
+            &work.join("medusa-restore-local.log"),
         );
-    }
-    let (restored_bytes, restored_sstables) = live_bytes(&ks_dir);
-    println!(
+        cold &= run.cold;
+        // Phases from Medusa's log; "other" is the rest: Python start, reading the backup
+        // index, and `anchises node start` until the node is NORMAL again.
+        let phase = |from: &str, to: &str| -> Option<f64> {
+            Some(medusa_log_time(&run.log, to)? - medusa_log_time(&run.log, from)?)
+        };
+        let phases = [
+            (
+                "download",
+                phase("Downloading data from backup", "Stopping Cassandra"),
+            ),
+            ("stop", phase("Stopping Cassandra", "Moving backup data")),
+            ("move", phase("Moving backup data", "Starting Cassandra")),
+        ];
+        let mut note = String::new();
+        for (name, secs) in phases {
+            let _ = match secs {
+                Some(s) => write!(note, "{name} {s:.1} s, "),
+                None => write!(note, "{name} ? s, "),
+            };
+        }
+        let known: f64 = phases.iter().filter_map(|(_, s)| *s).sum();
+        let _ = write!(
+            note,
+            "other (start to NORMAL, ...) {:.1} s",
+            run.seconds - known
+        );
+        results.push(medusa_figures(
+            "medusa restore-node (local, in place)",
+            &run,
+            snapshot_bytes,
+            note,
+        ));
+
+        // The restored node serves the rows it had (sampled), from the same SSTables.
+        node.wait_normal().await;
+        check_sample(&node, rows, "medusa restore-node").await;
+        let (restored_bytes, restored_sstables) = live_bytes(&ks_dir);
+        println!(
         "after restore: 200 sampled rows match; {restored_sstables} SSTables, {:.1} MB under {} (before: {sstables}, {:.1} MB)",
         restored_bytes as f64 / 1e6,
         ks_dir.display(),
         on_disk as f64 / 1e6
     );
+    }
+
+    // Anchises incrementals: flush-to-uploaded latency.
+    let rounds = 20;
+    let latencies = anchises_incrementals(&mut node, &store, rows, rounds).await;
+    let pct = |p: f64| {
+        latencies[((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1]
+    };
 
     print_table(&results, snapshot_bytes, cold);
-    drop(session);
+    println!(
+        "anchises incremental upload after a flush ({rounds} flushes of 400 rows): p50 {:.2} s, p95 {:.2} s, max {:.2} s",
+        pct(0.5),
+        pct(0.95),
+        latencies[latencies.len() - 1]
+    );
     drop(node);
     let _ = std::fs::remove_dir_all(&work);
 }
