@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use anchises_backup::testing::MotoServer;
 use anchises_integration::{
-    anchises_bin, ensure_cassandra, repo_root, test_root, NodeSpec, TestNode,
+    anchises_bin, ensure_cassandra, repo_root, s3_store_toml, test_root, NodeSpec, TestNode,
 };
 use serde_json::{json, Value};
 
@@ -92,9 +92,7 @@ fn backup_toml(store: &Path, s3: Option<(&str, &str)>, incremental: bool) -> Str
         store.display()
     );
     if let Some((endpoint, bucket)) = s3 {
-        t.push_str(&format!(
-            "store = \"s3\"\n\n[backup.s3]\nbucket = \"{bucket}\"\nendpoint = \"{endpoint}\"\nregion = \"us-east-1\"\naccess_key_id = \"test\"\nsecret_access_key = \"test\"\n"
-        ));
+        t.push_str(&s3_store_toml(endpoint, bucket, "test", "test"));
     }
     t
 }
@@ -1035,13 +1033,7 @@ async fn main() {
     let loaded = t_load.elapsed();
     let settle = wait_compactions(&http).await;
     // Freeze the SSTable set for the rest of the run (not persistent: a restart undoes it).
-    jolokia(
-        &http,
-        json!({"type": "exec", "mbean": "org.apache.cassandra.db:type=StorageService",
-               "operation": "disableAutoCompaction(java.lang.String,[Ljava.lang.String;)",
-               "arguments": [KEYSPACE, []]}),
-    )
-    .await;
+    disable_autocompaction().await;
     let (on_disk, sstables) = live_bytes(&ks_dir);
     println!(
         "loaded {rows} rows: {:.1} MB on disk in {sstables} SSTables under {} (load + flushes {:.0} s, compactions settled after {:.0} s more)",

@@ -66,6 +66,14 @@ pub fn balanced_tokens(n: u32) -> Vec<String> {
         .collect()
 }
 
+/// The end of a `[backup]` section that puts backups on S3: `store = "s3"` and
+/// the `[backup.s3]` table for `bucket` at `endpoint` with the given keys.
+pub fn s3_store_toml(endpoint: &str, bucket: &str, access_key_id: &str, secret: &str) -> String {
+    format!(
+        "store = \"s3\"\n\n[backup.s3]\nbucket = \"{bucket}\"\nendpoint = \"{endpoint}\"\nregion = \"us-east-1\"\naccess_key_id = \"{access_key_id}\"\nsecret_access_key = \"{secret}\"\n"
+    )
+}
+
 /// How to start one node.
 #[derive(Debug, Clone)]
 pub struct NodeSpec {

@@ -9,7 +9,7 @@ use anchises_backup::catalog::Catalog;
 use anchises_backup::manifest::{BackupId, SlotRef};
 use anchises_backup::testing::MotoServer;
 use anchises_backup::{ObjectKey, ObjectStore};
-use anchises_integration::{NodeSpec, TestNode};
+use anchises_integration::{s3_store_toml, NodeSpec, TestNode};
 use futures::future::try_join_all;
 use serde_json::Value;
 
@@ -102,9 +102,8 @@ async fn a_node_backs_up_to_s3_dedups_picks_up_incrementals_verifies_and_purges(
     let s3 = moto.create_bucket().await;
     let mut spec = NodeSpec::new("bk-s3", 71);
     spec.extra_toml = format!(
-        "\n[backup]\nstore = \"s3\"\nschedule = \"off\"\n\n[backup.s3]\nbucket = \"{}\"\nendpoint = \"{}\"\nregion = \"us-east-1\"\naccess_key_id = \"test\"\nsecret_access_key = \"test\"\npart_size = \"5MiB\"\n",
-        s3.bucket,
-        moto.endpoint()
+        "\n[backup]\nschedule = \"off\"\n{}part_size = \"5MiB\"\n",
+        s3_store_toml(moto.endpoint(), &s3.bucket, "test", "test")
     );
     let node = TestNode::start(spec).await;
     node.wait_normal().await;
@@ -499,9 +498,9 @@ async fn a_killed_sidecar_resumes_its_backup_and_a_bad_store_fails_clearly() {
     let moto = MotoServer::start();
     node.stop();
     let toml = format!(
-        "{}\n[backup]\nstore = \"s3\"\nschedule = \"off\"\nincremental = false\n\n[backup.s3]\nbucket = \"no-such-bucket\"\nendpoint = \"{}\"\nregion = \"us-east-1\"\naccess_key_id = \"test\"\nsecret_access_key = \"test\"\n",
+        "{}\n[backup]\nschedule = \"off\"\nincremental = false\n{}",
         NodeSpec::new("bk-crash", 72).toml(&node.dir),
-        moto.endpoint()
+        s3_store_toml(moto.endpoint(), "no-such-bucket", "test", "test")
     );
     node.respawn(Some(toml)).await;
     node.wait_normal().await;
@@ -545,9 +544,9 @@ async fn a_killed_sidecar_resumes_its_backup_and_a_bad_store_fails_clearly() {
     moto.enforce_auth();
     node.kill_sidecar();
     let toml = format!(
-        "{}\n[backup]\nstore = \"s3\"\nschedule = \"off\"\nincremental = false\n\n[backup.s3]\nbucket = \"{bucket}\"\nendpoint = \"{}\"\nregion = \"us-east-1\"\naccess_key_id = \"AKIAWRONG\"\nsecret_access_key = \"wrong\"\n",
+        "{}\n[backup]\nschedule = \"off\"\nincremental = false\n{}",
         NodeSpec::new("bk-crash", 72).toml(&node.dir),
-        moto.endpoint()
+        s3_store_toml(moto.endpoint(), &bucket, "AKIAWRONG", "wrong")
     );
     node.respawn(Some(toml)).await;
     node.wait_normal().await;

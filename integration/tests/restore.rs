@@ -329,6 +329,15 @@ async fn wait_restore(
     }
 }
 
+/// Makes `request` again after a crash: it continues restore `id` and succeeds.
+async fn continue_after_crash(node: &TestNode, request: &str, id: &str) {
+    let (status, _, started) = node.request("POST", "/v1/restores", Some(request)).await;
+    assert_eq!(status, 202, "{started}");
+    assert_eq!(started["id"], id, "the restore continues after the crash");
+    let job = job_of(node, &started).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cancelled_or_killed_restore_continues_where_it_stopped() {
     // Throttled, so that the restore is still downloading when it is stopped.
@@ -423,15 +432,7 @@ async fn a_cancelled_or_killed_restore_continues_where_it_stopped() {
         scan(&session, "bulk.u").await.is_empty(),
         "nothing imported before the kill"
     );
-    let (status, _, started) = node.request("POST", "/v1/restores", Some(request)).await;
-    assert_eq!(status, 202, "{started}");
-    assert_eq!(
-        started["id"],
-        id.as_str(),
-        "the restore continues after the crash"
-    );
-    let job = job_of(&node, &started).await;
-    assert_eq!(job["state"], "succeeded", "{job}");
+    continue_after_crash(&node, request, &id).await;
     let (_, r) = node.get(&format!("/v1/restores/{id}")).await;
     assert!(
         r["progress"]["files_reused"].as_u64().unwrap() > 0,
@@ -557,15 +558,7 @@ async fn a_cancelled_or_killed_restore_continues_where_it_stopped() {
     assert!(TestNode::wait_gone(jvm, Duration::from_secs(30)));
     node.respawn(None).await;
     node.wait_normal().await;
-    let (status, _, started) = node.request("POST", "/v1/restores", Some(request)).await;
-    assert_eq!(status, 202, "{started}");
-    assert_eq!(
-        started["id"],
-        id.as_str(),
-        "the restore continues after the crash"
-    );
-    let job = job_of(&node, &started).await;
-    assert_eq!(job["state"], "succeeded", "{job}");
+    continue_after_crash(&node, request, &id).await;
     let session = cql(node.address).await;
     for (table, rows) in tables.iter().zip(&before) {
         assert_eq!(&scan(&session, table).await, rows, "{table}");

@@ -544,10 +544,7 @@ impl Restores {
                 .map(|d| d.display().to_string())
                 .collect();
             saved.importing = Some(table.clone());
-            write_state(dir, &saved).map_err(|source| BackupError::File {
-                path: dir.to_path_buf(),
-                source,
-            })?;
+            save_state(dir, &saved)?;
             let failed = if paths.is_empty() {
                 // An interrupted import that had moved everything already.
                 json!([])
@@ -578,17 +575,11 @@ impl Restores {
             }
             saved.imported.push(table.clone());
             saved.importing = None;
-            write_state(dir, &saved).map_err(|source| BackupError::File {
-                path: dir.to_path_buf(),
-                source,
-            })?;
+            save_state(dir, &saved)?;
             shared.lock().expect("restore lock").imported.push(table);
         }
         saved.finished = true;
-        write_state(dir, &saved).map_err(|source| BackupError::File {
-            path: dir.to_path_buf(),
-            source,
-        })?;
+        save_state(dir, &saved)?;
         let _ = std::fs::remove_dir_all(&staging);
         set_phase("done");
         Ok(json!({
@@ -740,7 +731,7 @@ impl Restores {
             importing: None,
             finished: true,
         };
-        write_state(dir, &saved).map_err(io(dir))?;
+        save_state(dir, &saved)?;
         shared.lock().expect("restore lock").imported = plan.tables.clone();
         set_phase("done");
         Ok(json!({
@@ -853,6 +844,14 @@ fn write_state(dir: &Path, state: &SavedState) -> std::io::Result<()> {
     std::fs::write(&tmp, serde_json::to_vec_pretty(state).expect("serializes"))?;
     std::fs::File::open(&tmp)?.sync_all()?;
     std::fs::rename(tmp, dir.join("state.json"))
+}
+
+/// [`write_state`], failing as the restore's own error.
+fn save_state(dir: &Path, state: &SavedState) -> Result<(), BackupError> {
+    write_state(dir, state).map_err(|source| BackupError::File {
+        path: dir.to_path_buf(),
+        source,
+    })
 }
 
 fn one_line(s: &str) -> String {
