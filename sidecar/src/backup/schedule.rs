@@ -122,7 +122,9 @@ async fn upload_pass(backups: &Backups, stop: &CancellationToken) {
 }
 
 /// Watches the data directory (recursively: keyspaces and tables come and
-/// go) and signals when something changes under a `backups/` directory.
+/// go) and signals when something changes under a `backups/` directory, or
+/// when one is created: Cassandra links a new table's first SSTable into it
+/// before the recursive watch on the new directory is in place.
 fn watch(
     data_dir: &Path,
     tx: mpsc::UnboundedSender<()>,
@@ -131,9 +133,9 @@ fn watch(
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event {
             let in_backups = event.paths.iter().any(|p| {
-                p.parent()
-                    .and_then(|d| d.file_name())
-                    .is_some_and(|n| n == "backups")
+                p.ancestors()
+                    .take(2)
+                    .any(|a| a.file_name().is_some_and(|n| n == "backups"))
             });
             if in_backups && (event.kind.is_create() || event.kind.is_modify()) {
                 let _ = tx.send(());
