@@ -237,6 +237,99 @@ async fn one_request_creates_a_three_node_cluster_with_the_computed_tokens() {
     let n = count_at(second, "shop.orders", Consistency::All).await;
     assert_eq!(n, 50);
 
+    // A cluster restore from one request: each node restores its own slot
+    // (found by its tokens) while the cluster serves.
+    cql(first)
+        .await
+        .query_unpaged("TRUNCATE shop.orders", ())
+        .await
+        .unwrap();
+    assert_eq!(count_at(third, "shop.orders", Consistency::All).await, 0);
+    let restore = |body: Value| {
+        let http = http.clone();
+        let api = api.clone();
+        async move { send_raw(&http, &api, "POST", "/v1/restores", Some(&body.to_string())).await }
+    };
+    let third_address = nodes[2]["address"].as_str().unwrap();
+    let (status, _, dry) = restore(serde_json::json!({
+        "scope": "cluster", "nodes": [third_address], "keyspaces": ["shop"], "dry_run": true
+    }))
+    .await;
+    assert_eq!(status, 200, "{dry}");
+    assert_eq!(
+        dry["plan"]["backup_id"],
+        id.as_str(),
+        "the newest complete cluster backup: {dry}"
+    );
+    assert_eq!(dry["plan"]["blockers"], serde_json::json!([]), "{dry}");
+    let planned = dry["plan"]["nodes"].as_array().unwrap();
+    assert_eq!(planned.len(), 1, "{dry}");
+    assert_eq!(planned[0]["address"], third_address, "{dry}");
+    assert_eq!(planned[0]["source"]["slot"], 2, "{dry}");
+    assert_eq!(planned[0]["target"]["slot"], 2, "{dry}");
+    for (body, expect) in [
+        (
+            serde_json::json!({"scope": "cluster", "nodes": ["127.0.0.250"], "keyspaces": ["shop"]}),
+            "is not a node of cluster orders",
+        ),
+        (
+            serde_json::json!({"scope": "cluster", "mode": "full"}),
+            "one node at a time",
+        ),
+        (serde_json::json!({"nodes": [third_address]}), "scope"),
+    ] {
+        let (status, _, e) = restore(body.clone()).await;
+        assert_eq!(status, 400, "{body}: {e}");
+        assert!(e["error"].as_str().unwrap().contains(expect), "{body}: {e}");
+    }
+    let (status, _, started) =
+        restore(serde_json::json!({"scope": "cluster", "keyspaces": ["shop"]})).await;
+    assert_eq!(status, 202, "{started}");
+    let restore_id = started["id"].as_str().unwrap().to_string();
+    let job_location = format!("/v1/jobs/{}", started["job"]["id"].as_str().unwrap());
+    let job = poll_job(&http, &api, &job_location, Duration::from_secs(300)).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["result"]["nodes"], 3, "{job}");
+    let (status, _, shown) = send_raw(
+        &http,
+        &api,
+        "GET",
+        &format!("/v1/restores/{restore_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{shown}");
+    assert_eq!(shown["scope"], "cluster", "{shown}");
+    assert_eq!(shown["state"], "done", "{shown}");
+    let parts = shown["nodes"].as_array().unwrap();
+    assert_eq!(parts.len(), 3, "{shown}");
+    let mut files = 0;
+    for p in parts {
+        assert_eq!(p["state"], "done", "{p}");
+        assert_eq!(p["source"]["slot"], p["slot"]["slot"], "{p}");
+        assert_eq!(
+            p["imported_tables"],
+            serde_json::json!(["shop.orders"]),
+            "{p}"
+        );
+        files += p["progress"]["files_total"].as_u64().unwrap();
+    }
+    assert!(files > 0);
+    assert_eq!(shown["progress"]["files_total"], files, "{shown}");
+    // Each node's own sidecar shows its part under the same id.
+    let (status, _, part) = send_raw(
+        &http,
+        nodes[0]["api"].as_str().unwrap(),
+        "GET",
+        &format!("/v1/restores/{restore_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{part}");
+    assert_eq!(part["scope"], "node", "{part}");
+    assert_eq!(part["state"], "done", "{part}");
+    assert_eq!(count_at(third, "shop.orders", Consistency::All).await, 50);
+
     // Delete stops every node and forgets the cluster.
     let (status, location, _) = control.request("DELETE", "/v1/clusters/orders", None).await;
     assert_eq!(status, 202);

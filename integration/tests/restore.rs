@@ -1,11 +1,13 @@
 //! Online restores into a real Cassandra node: a dataset of many shapes
 //! truncated and dropped, then restored exactly; a point in time with
-//! incrementals; schema conflicts refused before anything is touched.
+//! incrementals; schema conflicts refused before anything is touched; a
+//! restore from S3 (moto) cancelled and killed mid-download and mid-import.
 //! Node-heavy: run with `--test-threads=1`.
 
 use std::time::{Duration, Instant};
 
-use anchises_integration::{cql, NodeSpec, TestNode};
+use anchises_backup::testing::MotoServer;
+use anchises_integration::{cql, s3_store_toml, NodeSpec, TestNode};
 use scylla::client::session::Session;
 use serde_json::Value;
 
@@ -340,9 +342,15 @@ async fn continue_after_crash(node: &TestNode, request: &str, id: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cancelled_or_killed_restore_continues_where_it_stopped() {
-    // Throttled, so that the restore is still downloading when it is stopped.
+    // On S3 (moto), throttled so that the restore is still downloading when
+    // it is stopped.
+    let moto = MotoServer::start();
+    let s3 = moto.create_bucket().await;
     let mut node = TestNode::start(NodeSpec {
-        extra_toml: "\n[backup]\nschedule = \"off\"\nrate_limit = \"5MiB\"\n".into(),
+        extra_toml: format!(
+            "\n[backup]\nschedule = \"off\"\nrate_limit = \"5MiB\"\n{}",
+            s3_store_toml(moto.endpoint(), &s3.bucket, "test", "test")
+        ),
         ..NodeSpec::new("rs-kill", 74)
     })
     .await;
@@ -588,4 +596,94 @@ async fn a_cancelled_or_killed_restore_continues_where_it_stopped() {
             );
         }
     }
+}
+
+/// A full-node restore whose node does not come back rolls back: here the
+/// restored Cassandra cannot bind its storage port (held by the test from the
+/// moment the old JVM lets go of it until the rollback begins), so it exits
+/// while starting. The restored files go, the previous data (rows written
+/// after the backup included) comes back and runs again, and the restore
+/// fails saying so.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_restore_whose_node_does_not_start_rolls_back() {
+    let node = TestNode::start(NodeSpec {
+        extra_toml: "\n[backup]\nschedule = \"off\"\n".into(),
+        ..NodeSpec::new("rs-back", 75)
+    })
+    .await;
+    node.wait_normal().await;
+    let session = cql(node.address).await;
+    exec(&session, "CREATE KEYSPACE kept WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}").await;
+    exec(&session, "CREATE TABLE kept.t (id int PRIMARY KEY, v text)").await;
+    for i in 0..10 {
+        exec(
+            &session,
+            &format!("INSERT INTO kept.t (id, v) VALUES ({i}, 'backed up')"),
+        )
+        .await;
+    }
+    backup(&node, "{}").await;
+    for i in 10..20 {
+        exec(
+            &session,
+            &format!("INSERT INTO kept.t (id, v) VALUES ({i}, 'after')"),
+        )
+        .await;
+    }
+    let before = scan(&session, "kept.t").await;
+    assert_eq!(before.len(), 20);
+    drop(session);
+
+    let (status, _, started) = node
+        .request("POST", "/v1/restores", Some(r#"{"mode": "full"}"#))
+        .await;
+    assert_eq!(status, 202, "{started}");
+    let id = started["id"].as_str().unwrap().to_string();
+    wait_restore(&node, &id, "stopping", |r| {
+        r["phase"] == "stop" || r["phase"] == "swap" || r["phase"] == "start"
+    })
+    .await;
+    let storage: std::net::SocketAddr = format!("{}:7000", node.address).parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let held = loop {
+        if let Ok(l) = std::net::TcpListener::bind(storage) {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "the old JVM kept {storage}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    let r = wait_restore(&node, &id, "rolling back", |r| {
+        r["phase"] == "rollback" || r["state"] != "running"
+    })
+    .await;
+    assert_eq!(r["phase"], "rollback", "{r}");
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let r = loop {
+        let (_, r) = node.get(&format!("/v1/restores/{id}")).await;
+        if r["state"] != "running" {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "{r}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(r["state"], "failed", "{r}");
+    let error = r["error"].as_str().unwrap();
+    assert!(error.contains("did not come up healthy"), "{error}");
+    assert!(error.contains("cassandra exited while starting"), "{error}");
+    assert!(
+        error.contains("rolled back to the previous data, which is running again"),
+        "{error}"
+    );
+    // The previous data, rows written after the backup included, serves again.
+    let (_, status) = node.get("/v1/node").await;
+    assert_eq!(status["ready"], true, "{status}");
+    let session = cql(node.address).await;
+    assert_eq!(scan(&session, "kept.t").await, before);
+    let aside = node.dir.join(format!("anchises/restore/{id}/before"));
+    assert!(
+        std::fs::read_dir(&aside).map_or(true, |mut e| e.next().is_none()),
+        "the previous data went back: nothing is left in {}",
+        aside.display()
+    );
 }

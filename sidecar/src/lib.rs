@@ -148,6 +148,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         jobs_cancel.clone(),
     ));
     let restores = restore::Restores::new(backups.clone());
+    tokio::spawn(restores.clone().watch_cluster(jobs_cancel.clone()));
     let state = http::AppState {
         node: node.clone(),
         jobs: jobs.clone(),

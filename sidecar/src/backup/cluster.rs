@@ -44,12 +44,13 @@ struct Request {
     nodes: Vec<RequestedNode>,
 }
 
+/// A node that claims a slot in the registry.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct RequestedNode {
-    slot: SlotRef,
-    rack: String,
-    address: String,
-    tokens: Vec<String>,
+pub(crate) struct RequestedNode {
+    pub slot: SlotRef,
+    pub rack: String,
+    pub address: String,
+    pub tokens: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -83,7 +84,7 @@ fn status_key(id: &BackupId, slot: &SlotRef) -> Result<ObjectKey, StoreError> {
     ))
 }
 
-async fn get_json<T: for<'de> Deserialize<'de>>(
+pub(crate) async fn get_json<T: for<'de> Deserialize<'de>>(
     store: &ObjectStore,
     key: &ObjectKey,
 ) -> Result<Option<T>, BackupError> {
@@ -96,7 +97,7 @@ async fn get_json<T: for<'de> Deserialize<'de>>(
     }
 }
 
-async fn put_json<T: Serialize>(
+pub(crate) async fn put_json<T: Serialize>(
     store: &ObjectStore,
     key: &ObjectKey,
     value: &T,
@@ -145,6 +146,44 @@ impl ClusterBackups {
         }
     }
 
+    pub(crate) fn store(&self) -> &ObjectStore {
+        &self.store
+    }
+
+    pub(crate) fn cluster(&self) -> &str {
+        &self.cluster
+    }
+
+    /// Every node that claims a slot, data center by data center.
+    pub(crate) async fn claimed(&self) -> Result<Vec<RequestedNode>, BackupError> {
+        let mut nodes = Vec::new();
+        for dc in &self.dcs {
+            let claims = self
+                .registry
+                .claims(dc)
+                .await
+                .map_err(|e| BackupError::Invalid(format!("cannot read the registry: {e}")))?;
+            for (slot, (claim, _)) in claims {
+                nodes.push(RequestedNode {
+                    slot: SlotRef {
+                        cluster: self.cluster.clone(),
+                        dc: dc.clone(),
+                        slot: slot as u32,
+                    },
+                    rack: claim.rack,
+                    address: claim.address,
+                    tokens: claim.tokens,
+                });
+            }
+        }
+        if nodes.is_empty() {
+            return Err(BackupError::Invalid(
+                "the registry has no claimed slot".into(),
+            ));
+        }
+        Ok(nodes)
+    }
+
     /// Writes the request and starts the job that collects the outcome.
     pub fn start(
         &self,
@@ -178,31 +217,7 @@ impl ClusterBackups {
         keyspaces: Vec<String>,
         cancel: &CancellationToken,
     ) -> Result<Value, BackupError> {
-        let mut nodes = Vec::new();
-        for dc in &self.dcs {
-            let claims = self
-                .registry
-                .claims(dc)
-                .await
-                .map_err(|e| BackupError::Invalid(format!("cannot read the registry: {e}")))?;
-            for (slot, (claim, _)) in claims {
-                nodes.push(RequestedNode {
-                    slot: SlotRef {
-                        cluster: self.cluster.clone(),
-                        dc: dc.clone(),
-                        slot: slot as u32,
-                    },
-                    rack: claim.rack,
-                    address: claim.address,
-                    tokens: claim.tokens,
-                });
-            }
-        }
-        if nodes.is_empty() {
-            return Err(BackupError::Invalid(
-                "the registry has no claimed slot".into(),
-            ));
-        }
+        let nodes = self.claimed().await?;
         let request = Request {
             backup_id: id.clone(),
             requested_at: OffsetDateTime::now_utc(),

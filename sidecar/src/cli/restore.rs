@@ -59,8 +59,15 @@ pub struct StartArgs {
     /// Replace the whole node (system keyspaces included) with the backup:
     /// stop Cassandra, move its data aside, lay out the backup, start; the old
     /// data comes back if the node does not start healthy.
-    #[arg(long, conflicts_with_all = ["keyspace", "table", "create_schema"])]
+    #[arg(long, conflicts_with_all = ["keyspace", "table", "create_schema", "cluster"])]
     pub full: bool,
+    /// Restore every node of the cluster (each its own slot) from this one
+    /// request; this node coordinates and shows every node's part.
+    #[arg(long)]
+    pub cluster: bool,
+    /// With --cluster: only the node at this address (repeatable).
+    #[arg(long, value_name = "ADDRESS", requires = "cluster")]
+    pub node: Vec<String>,
     #[command(flatten)]
     pub wait: WaitArgs,
 }
@@ -172,6 +179,10 @@ fn request_body(a: &StartArgs) -> Value {
     if a.full {
         body["mode"] = json!("full");
     }
+    if a.cluster {
+        body["scope"] = json!("cluster");
+        body["nodes"] = json!(a.node);
+    }
     for (key, value) in [
         ("source_cluster", &a.source_cluster),
         ("backup_id", &a.backup),
@@ -192,6 +203,15 @@ async fn start(api: &ApiClient, args: StartArgs, json_out: bool) -> anyhow::Resu
         let plan = &answer["plan"];
         if json_out {
             println!("{answer}");
+        } else if plan["scope"] == "cluster" {
+            pairs(&cluster_plan_rows(plan));
+            let blockers = blocker_lines(plan);
+            if !blockers.is_empty() {
+                println!("blocked by:");
+                for b in blockers {
+                    println!("{b}");
+                }
+            }
         } else {
             pairs(&plan_rows(plan));
             let blockers = blocker_lines(plan);
@@ -220,7 +240,12 @@ async fn start(api: &ApiClient, args: StartArgs, json_out: bool) -> anyhow::Resu
         }
         return Ok(ExitCode::SUCCESS);
     }
-    if !json_out {
+    if !json_out && args.cluster {
+        eprintln!(
+            "restoring the cluster's nodes as {id}… (Ctrl-C stops following it; \
+             `anchises restore cancel {id}` stops every node's part)"
+        );
+    } else if !json_out {
         eprintln!(
             "restoring into this node as {id}… (Ctrl-C stops following it; \
              `anchises restore cancel {id}` stops the restore)"
@@ -285,6 +310,14 @@ fn show_progress(bar: &ProgressBar, detail: &Value) {
 /// 45.0 MiB/s · ETA 45s`); then the tables imported
 /// (`import · 1/2 tables imported · 300 files staged`).
 fn progress_line(detail: &Value) -> String {
+    if let Some(nodes) = detail["nodes"].as_array() {
+        let done = nodes.iter().filter(|n| n["state"] == "done").count();
+        return format!(
+            "{} · {done}/{} nodes done",
+            output::progress_line(detail),
+            nodes.len()
+        );
+    }
     match detail["phase"].as_str() {
         None | Some("stage") => output::progress_line(detail),
         Some("plan") => "plan".into(),
@@ -341,6 +374,56 @@ fn plan_rows(plan: &Value) -> Vec<(&'static str, String)> {
             },
         ),
     ]
+}
+
+/// What a cluster dry run prints: the point, totals, what would be created,
+/// and per node its source slot, files and bytes.
+fn cluster_plan_rows(plan: &Value) -> Vec<(&'static str, String)> {
+    let blockers = plan["blockers"].as_array().map_or(0, Vec::len);
+    let mut rows = vec![
+        (
+            "point",
+            if plan["backup_id"].is_null() {
+                format!("at {}", when(&plan["at"]))
+            } else {
+                format!("backup {}", text(&plan["backup_id"]))
+            },
+        ),
+        (
+            "files",
+            format!("{}, {}", text(&plan["files"]), size(&plan["bytes"])),
+        ),
+        (
+            "would create",
+            if plan["create"].as_array().is_some_and(|a| !a.is_empty()) {
+                text(&plan["create"])
+            } else {
+                "nothing".into()
+            },
+        ),
+    ];
+    for n in plan["nodes"].as_array().into_iter().flatten() {
+        rows.push((
+            "node",
+            format!(
+                "{} {} ← {}: {} files, {}",
+                slot(&n["target"]),
+                text(&n["address"]),
+                slot(&n["source"]),
+                text(&n["files"]),
+                size(&n["bytes"])
+            ),
+        ));
+    }
+    rows.push((
+        "blockers",
+        if blockers == 0 {
+            "none: the restore can run".into()
+        } else {
+            format!("{blockers}: the restore would be refused")
+        },
+    ));
+    rows
 }
 
 /// `  - why`, with a blocker's own further lines (a schema difference) indented.
@@ -435,6 +518,24 @@ fn summary_rows(d: &Value) -> Vec<(&'static str, String)> {
         rows.push((
             "already staged",
             format!("{} files", text(&p["files_reused"])),
+        ));
+    }
+    for n in d["nodes"].as_array().into_iter().flatten() {
+        rows.push((
+            "node",
+            format!(
+                "{} {}: {}, {} tables, {}{}",
+                slot(&n["slot"]),
+                text(&n["address"]),
+                text(&n["state"]),
+                n["imported_tables"].as_array().map_or(0, Vec::len),
+                size(&n["progress"]["bytes_done"]),
+                if n["error"].is_null() {
+                    String::new()
+                } else {
+                    format!(" ({})", text(&n["error"]))
+                }
+            ),
         ));
     }
     rows.push(("duration", duration(&elapsed(d))));
@@ -590,6 +691,13 @@ mod tests {
             request_body(&r.start)["backup_id"],
             "20250102T030000Z-1a2b3c"
         );
+
+        let r = restore(&["restore", "--cluster", "--node", "10.0.0.2", "-k", "shop"]);
+        let body = request_body(&r.start);
+        assert_eq!(body["scope"], "cluster");
+        assert_eq!(body["nodes"], json!(["10.0.0.2"]));
+        assert!(parse(&["restore", "--node", "10.0.0.2"]).is_err());
+        assert!(parse(&["restore", "--cluster", "--full"]).is_err());
     }
 
     #[test]

@@ -32,11 +32,20 @@ pub async fn create(State(state): State<AppState>, bytes: Bytes) -> Result<Respo
             "cassandra is not running: an online restore needs a running node",
         ));
     }
+    let cluster = req.scope == crate::backup::Scope::Cluster;
     if req.dry_run {
-        let (_, plan) = state.restores.plan(&req).await?;
+        let plan = if cluster {
+            state.restores.plan_cluster(&req).await?.view()
+        } else {
+            serde_json::to_value(state.restores.plan(&req).await?.1).expect("serializes")
+        };
         return Ok(Json(json!({"dry_run": true, "plan": plan})).into_response());
     }
-    let (id, job) = state.restores.start(req).await?;
+    let (id, job) = if cluster {
+        state.restores.start_cluster(req).await?
+    } else {
+        state.restores.start(req).await?
+    };
     Ok((
         StatusCode::ACCEPTED,
         [(header::LOCATION, format!("/v1/restores/{id}"))],

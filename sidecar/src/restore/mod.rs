@@ -5,6 +5,9 @@
 //! serving throughout. Nothing live is touched before every file is staged and
 //! every schema check passed.
 //!
+//! A cluster restore (scope `cluster`) asks every node's sidecar, through the
+//! backup store, to restore its own slot: see [`cluster`].
+//!
 //! Each restore keeps its state in `<data_dir>/anchises/restore/<id>/`: the
 //! request, the staged files, and the tables already imported. The same
 //! request made again after a crash continues that restore.
@@ -24,9 +27,11 @@ use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 use utoipa::ToSchema;
 
-use crate::backup::{Backups, StartError, GROUP};
+use crate::backup::{Backups, Scope, StartError, GROUP};
 use crate::cassandra::cql::SchemaElement;
 use crate::jobs::Job;
+
+pub mod cluster;
 
 /// `POST /v1/restores`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
@@ -58,6 +63,13 @@ pub struct CreateRestore {
     /// move the old data back if the node does not come up.
     #[serde(default)]
     pub mode: RestoreMode,
+    /// `node` (default): this node. `cluster`: every node of the cluster (or
+    /// those in `nodes`) restores its own slot, from this one request.
+    #[serde(default)]
+    pub scope: Scope,
+    /// With scope `cluster`: only the nodes at these addresses.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
@@ -87,6 +99,15 @@ impl CreateRestore {
     }
 
     fn selection(&self) -> Result<Selection, String> {
+        if self.scope == Scope::Node && !self.nodes.is_empty() {
+            return Err(
+                "nodes names the nodes of a cluster restore: give it with \"scope\": \"cluster\""
+                    .into(),
+            );
+        }
+        if self.scope == Scope::Cluster && self.mode == RestoreMode::Full {
+            return Err("a full-node restore replaces one node at a time: ask each node's sidecar (scope node)".into());
+        }
         if self.mode == RestoreMode::Full {
             if !self.keyspaces.is_empty() || !self.tables.is_empty() || self.create_schema {
                 return Err("a full-node restore restores everything: it takes no keyspaces, tables or create_schema".into());
@@ -169,6 +190,8 @@ pub struct PlanView {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RestoreState {
+    /// A node of a cluster restore that has not started its part yet.
+    Pending,
     Running,
     Done,
     Failed,
@@ -179,6 +202,8 @@ pub enum RestoreState {
 #[derive(Debug, Clone, Serialize)]
 pub struct RestoreView {
     pub id: String,
+    /// `node`, or `cluster` on the node that coordinates a cluster restore.
+    pub scope: Scope,
     pub state: RestoreState,
     /// `plan`, `stage`, `schema`, `import`, `done`.
     pub phase: String,
@@ -193,6 +218,10 @@ pub struct RestoreView {
     pub progress: ProgressView,
     pub imported_tables: Vec<String>,
     pub error: Option<String>,
+    /// Per node, for a cluster restore: its slot, address, state, phase,
+    /// source slot, progress and error. The restore's `progress` sums them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<Vec<cluster::NodePart>>,
 }
 
 /// What survives a crash: the request, the tables already imported, and the
@@ -214,6 +243,7 @@ struct SavedState {
 
 struct Run {
     id: String,
+    scope: Scope,
     job: uuid::Uuid,
     started_at: OffsetDateTime,
     request: CreateRestore,
@@ -230,6 +260,7 @@ struct Shared {
     state: Option<RestoreState>,
     error: Option<String>,
     finished_at: Option<OffsetDateTime>,
+    nodes: Option<Vec<cluster::NodePart>>,
 }
 
 pub struct Restores {
@@ -255,26 +286,78 @@ impl Restores {
         &self.backups.slot_backups.catalog
     }
 
-    /// The source slot: this node's slot in the source cluster (same data
-    /// center and slot number; a restore into another cluster needs the same
-    /// slot layout, and the plan blocks when the tokens differ).
-    fn source_slot(&self, req: &CreateRestore) -> SlotRef {
-        let own = self.backups.slot();
-        SlotRef {
+    /// Plans a restore of this node and checks it against the live schema
+    /// and ring.
+    pub async fn plan(&self, req: &CreateRestore) -> Result<(SlotPlan, PlanView), StartError> {
+        let live = if req.mode == RestoreMode::Full {
+            Vec::new()
+        } else {
+            self.live_schema().await?
+        };
+        let own_tokens = self.own_tokens().await;
+        self.plan_for(req, self.backups.slot(), own_tokens, &live)
+            .await
+    }
+
+    async fn live_schema(&self) -> Result<Vec<SchemaElement>, StartError> {
+        self.backups
+            .node
+            .cql
+            .describe_schema()
+            .await
+            .map_err(|e| StartError::Busy(format!("cannot read the live schema over CQL: {e}")))
+    }
+
+    /// This node's tokens: from the running node, else (a stopped node, as in
+    /// a full restore after a lost disk) its configured ones.
+    async fn own_tokens(&self) -> Option<Vec<String>> {
+        let live = self
+            .backups
+            .node
+            .jolokia
+            .read("org.apache.cassandra.db:type=StorageService", "Tokens")
+            .await
+            .ok()
+            .and_then(|v| v.as_array().cloned())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|t| t.as_str().map(str::to_string))
+                    .collect::<Vec<_>>()
+            });
+        live.or_else(|| {
+            self.backups
+                .config
+                .node
+                .initial_token
+                .as_ref()
+                .map(|t| t.split(',').map(|t| t.trim().to_string()).collect())
+        })
+    }
+
+    /// Plans the restore of the node of `target` (which has `own_tokens`)
+    /// against the `live` schema. The source slot is the source cluster's
+    /// slot with the target's tokens ([`slot_by_tokens`]).
+    pub(crate) async fn plan_for(
+        &self,
+        req: &CreateRestore,
+        target: &SlotRef,
+        own_tokens: Option<Vec<String>>,
+        live: &[SchemaElement],
+    ) -> Result<(SlotPlan, PlanView), StartError> {
+        let point = req.point().map_err(StartError::Invalid)?;
+        let selection = req.selection().map_err(StartError::Invalid)?;
+        let same_place = SlotRef {
             cluster: req
                 .source_cluster
                 .clone()
-                .unwrap_or_else(|| own.cluster.clone()),
-            dc: own.dc.clone(),
-            slot: own.slot,
-        }
-    }
-
-    /// Plans the restore and checks it against the live schema and ring.
-    pub async fn plan(&self, req: &CreateRestore) -> Result<(SlotPlan, PlanView), StartError> {
-        let point = req.point().map_err(StartError::Invalid)?;
-        let selection = req.selection().map_err(StartError::Invalid)?;
-        let source = self.source_slot(req);
+                .unwrap_or_else(|| target.cluster.clone()),
+            dc: target.dc.clone(),
+            slot: target.slot,
+        };
+        let source = match &own_tokens {
+            Some(tokens) => slot_by_tokens(self.catalog(), same_place, tokens).await,
+            None => same_place,
+        };
         let plan = plan_slot(self.catalog(), &source, &point, &selection)
             .await
             .map_err(|e| match e {
@@ -295,14 +378,13 @@ impl Restores {
                 blockers.push(format!("keyspace {ks} is not in backup {}", plan.base));
             }
         }
-        let live = if req.mode == RestoreMode::Full {
-            Vec::new()
-        } else {
-            self.backups.node.cql.describe_schema().await.map_err(|e| {
-                StartError::Busy(format!("cannot read the live schema over CQL: {e}"))
-            })?
-        };
-        let schema = SchemaCheck::new(&plan.schema, &live);
+        if req.mode == RestoreMode::Full && source.cluster != target.cluster {
+            blockers.push(format!(
+                "a full-node restore lays out the system keyspaces of cluster {}, under whose name Cassandra would refuse to start as a node of {}; restore its keyspaces online instead",
+                source.cluster, target.cluster
+            ));
+        }
+        let schema = SchemaCheck::new(&plan.schema, live);
         let mut create = Vec::new();
         let online_tables: &[String] = if req.mode == RestoreMode::Full {
             &[]
@@ -326,28 +408,6 @@ impl Restores {
                 )),
             }
         }
-        let own_tokens = self
-            .backups
-            .node
-            .jolokia
-            .read("org.apache.cassandra.db:type=StorageService", "Tokens")
-            .await
-            .ok()
-            .and_then(|v| v.as_array().cloned())
-            .map(|a| {
-                a.iter()
-                    .filter_map(|t| t.as_str().map(str::to_string))
-                    .collect::<Vec<_>>()
-            });
-        // A stopped node (full restore after a lost disk): its configured tokens.
-        let own_tokens = own_tokens.or_else(|| {
-            self.backups
-                .config
-                .node
-                .initial_token
-                .as_ref()
-                .map(|t| t.split(',').map(|t| t.trim().to_string()).collect())
-        });
         if let Some(mut own) = own_tokens {
             let mut theirs = plan.tokens.clone();
             own.sort();
@@ -363,7 +423,7 @@ impl Restores {
         }
         let view = PlanView {
             source: plan.source.clone(),
-            target: self.backups.slot().clone(),
+            target: target.clone(),
             base_backup: plan.base.to_string(),
             base_finished_at: plan.base_finished_at,
             files: plan.files.len(),
@@ -379,6 +439,16 @@ impl Restores {
     /// Starts (or, for the same request as an unfinished one, continues) a
     /// restore of this node.
     pub async fn start(self: &Arc<Self>, req: CreateRestore) -> Result<(String, Job), StartError> {
+        self.start_as(req, None).await
+    }
+
+    /// [`Restores::start`], under `id` when given (a node's part of a cluster
+    /// restore, which continues its own state if it has some).
+    pub(crate) async fn start_as(
+        self: &Arc<Self>,
+        req: CreateRestore,
+        id: Option<String>,
+    ) -> Result<(String, Job), StartError> {
         let (plan, view) = self.plan(&req).await?;
         if !view.blockers.is_empty() {
             return Err(StartError::Invalid(format!(
@@ -386,9 +456,7 @@ impl Restores {
                 view.blockers.join("; ")
             )));
         }
-        let id = self
-            .unfinished(&req)
-            .unwrap_or_else(|| format!("r{}", &uuid::Uuid::new_v4().simple().to_string()[..12]));
+        let id = id.or_else(|| self.unfinished(&req)).unwrap_or_else(new_id);
         let dir = self.root().join(&id);
         let mut saved = read_state(&dir).unwrap_or_default();
         saved.request = req.clone();
@@ -444,9 +512,10 @@ impl Restores {
             .map_err(StartError::Conflict)?;
         let mut runs = self.runs.lock().expect("runs lock");
         // A continued restore replaces its earlier (cancelled or failed) run.
-        runs.retain(|r| r.id != id);
+        runs.retain(|r| !(r.id == id && r.scope == Scope::Node));
         runs.push(Run {
             id: id.clone(),
+            scope: Scope::Node,
             job: job.id,
             started_at: OffsetDateTime::now_utc(),
             request: req,
@@ -765,9 +834,28 @@ impl Restores {
         .await
     }
 
+    /// The run of `id`: on the node coordinating a cluster restore, the
+    /// cluster's (which shows this node's part among the others) unless
+    /// `scope` asks for this node's part.
+    fn find<'a>(runs: &'a [Run], id: &str, scope: Option<Scope>) -> Option<&'a Run> {
+        let of = |s: Scope| runs.iter().find(move |r| r.id == id && r.scope == s);
+        match scope {
+            Some(s) => of(s),
+            None => of(Scope::Cluster).or_else(|| of(Scope::Node)),
+        }
+    }
+
     pub fn cancel(&self, id: &str) -> Option<bool> {
+        self.cancel_run(id, None)
+    }
+
+    pub(crate) fn cancel_scoped(&self, id: &str, scope: Scope) -> Option<bool> {
+        self.cancel_run(id, Some(scope))
+    }
+
+    fn cancel_run(&self, id: &str, scope: Option<Scope>) -> Option<bool> {
         let runs = self.runs.lock().expect("runs lock");
-        let run = runs.iter().find(|r| r.id == id)?;
+        let run = Self::find(&runs, id, scope)?;
         let running = run.shared.lock().expect("restore lock").state == Some(RestoreState::Running);
         if running {
             run.cancel.cancel();
@@ -788,18 +876,24 @@ impl Restores {
     }
 
     pub fn show(&self, id: &str) -> Option<RestoreView> {
-        self.runs
-            .lock()
-            .expect("runs lock")
-            .iter()
-            .find(|r| r.id == id)
-            .map(|r| self.view(r))
+        let runs = self.runs.lock().expect("runs lock");
+        Self::find(&runs, id, None).map(|r| self.view(r))
+    }
+
+    pub(crate) fn show_scoped(&self, id: &str, scope: Scope) -> Option<RestoreView> {
+        let runs = self.runs.lock().expect("runs lock");
+        Self::find(&runs, id, Some(scope)).map(|r| self.view(r))
     }
 
     fn view(&self, r: &Run) -> RestoreView {
         let s = r.shared.lock().expect("restore lock");
+        let progress = match &s.nodes {
+            Some(nodes) => cluster::sum_progress(nodes),
+            None => r.progress.view(),
+        };
         RestoreView {
             id: r.id.clone(),
+            scope: r.scope,
             state: s.state.unwrap_or(RestoreState::Running),
             phase: s.phase.clone(),
             node: self.backups.config.node.address.to_string(),
@@ -808,11 +902,48 @@ impl Restores {
             job: r.job,
             request: r.request.clone(),
             plan: s.plan.clone(),
-            progress: r.progress.view(),
+            progress,
             imported_tables: s.imported.clone(),
             error: s.error.clone(),
+            nodes: s.nodes.clone(),
         }
     }
+}
+
+fn new_id() -> String {
+    format!("r{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+/// The slot of the source cluster whose node had `tokens`: found in the
+/// source's newest cluster backups, so that a target cluster whose slots are
+/// numbered differently still restores each node from the node that owned
+/// its ranges. Without such a record, the slot of the same data center and
+/// number (`same_place`), whose tokens the plan then checks.
+pub(crate) async fn slot_by_tokens(
+    catalog: &Catalog,
+    same_place: SlotRef,
+    tokens: &[String],
+) -> SlotRef {
+    const INDEXES_READ: usize = 20;
+    let mut wanted = tokens.to_vec();
+    wanted.sort();
+    let Ok(ids) = catalog.cluster_backup_ids(&same_place.cluster).await else {
+        return same_place;
+    };
+    for id in ids.iter().rev().take(INDEXES_READ) {
+        let Ok(Some(index)) = catalog.cluster_index(&same_place.cluster, id).await else {
+            continue;
+        };
+        let mut owners = index.nodes.iter().filter(|n| {
+            let mut t = n.tokens.clone();
+            t.sort();
+            t == wanted
+        });
+        if let Some(owner) = owners.next() {
+            return owner.slot.clone();
+        }
+    }
+    same_place
 }
 
 /// Whether the `Data.db` of `f`'s SSTable is still in `staging` (Cassandra
@@ -1082,6 +1213,66 @@ mod tests {
         ));
     }
 
+    #[tokio::test]
+    async fn the_source_slot_is_the_one_that_had_the_tokens() {
+        use anchises_backup::manifest::{
+            BackupId, ClusterIndex, ClusterNode, NodeBackupState, FORMAT,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::new(anchises_backup::ObjectStore::filesystem(dir.path()).unwrap());
+        let slot = |n: u32| SlotRef {
+            cluster: "src".into(),
+            dc: "dc1".into(),
+            slot: n,
+        };
+        let tokens = |t: &[&str]| t.iter().map(|t| t.to_string()).collect::<Vec<_>>();
+        // Nothing recorded: the slot of the same place.
+        assert_eq!(
+            slot_by_tokens(&catalog, slot(0), &tokens(&["5"])).await,
+            slot(0)
+        );
+        let node = |n: u32, t: &[&str]| ClusterNode {
+            slot: slot(n),
+            rack: "r1".into(),
+            address: format!("10.0.0.{n}"),
+            tokens: tokens(t),
+            state: NodeBackupState::Done,
+            error: None,
+            totals: Default::default(),
+        };
+        let now = OffsetDateTime::now_utc();
+        let index = ClusterIndex {
+            format: FORMAT,
+            backup_id: BackupId::parse("20261126T030000Z-1a2b3c").unwrap(),
+            cluster: "src".into(),
+            requested_at: now,
+            finished_at: now,
+            complete: true,
+            keyspaces: vec![],
+            nodes: vec![node(0, &["-100", "7"]), node(1, &["5", "300"])],
+        };
+        catalog.put_cluster_index(&index).await.unwrap();
+        // Slots numbered the other way round in the target: found by tokens,
+        // in any order.
+        assert_eq!(
+            slot_by_tokens(&catalog, slot(0), &tokens(&["300", "5"])).await,
+            slot(1)
+        );
+        assert_eq!(
+            slot_by_tokens(&catalog, slot(1), &tokens(&["7", "-100"])).await,
+            slot(0)
+        );
+        // Tokens no node had: the same place, which the plan then blocks.
+        assert_eq!(
+            slot_by_tokens(&catalog, slot(1), &tokens(&["1"])).await,
+            slot(1)
+        );
+        assert_eq!(
+            slot_by_tokens(&catalog, slot(1), &tokens(&["5"])).await,
+            slot(1)
+        );
+    }
+
     #[test]
     fn requests_are_checked() {
         let mut r = CreateRestore {
@@ -1105,5 +1296,12 @@ mod tests {
         assert!(r.selection().unwrap_err().contains("keyspace.table"));
         r.tables = vec!["shop.orders".into()];
         assert!(r.selection().is_ok());
+        r.nodes = vec!["10.0.0.2".into()];
+        assert!(r.selection().unwrap_err().contains("scope"));
+        r.scope = Scope::Cluster;
+        assert!(r.selection().is_ok());
+        r.mode = RestoreMode::Full;
+        r.tables.clear();
+        assert!(r.selection().unwrap_err().contains("one node at a time"));
     }
 }

@@ -1,0 +1,584 @@
+//! Cluster restores, coordinated through the backup store like cluster
+//! backups: no node drives another. The node asked plans every target node's
+//! part (each from the source slot with its tokens), creates missing schema
+//! once, and writes a request naming the nodes; each node's sidecar sees it,
+//! restores its own slot under the request's id and keeps its status up to
+//! date; the asking node follows the statuses. Deleting the request (a cancel)
+//! makes every node stop its part.
+//!
+//! ```text
+//! <cluster>/restores/requests/<id>.json               the request
+//! <cluster>/restores/status/<id>/<dc>/<slot>.json      each node's part
+//! ```
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anchises_backup::files::ProgressView;
+use anchises_backup::manifest::{BackupId, SlotRef};
+use anchises_backup::restore::Point;
+use anchises_backup::{BackupError, ObjectKey, StoreError};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+use super::{new_id, CreateRestore, PlanView, RestoreState, Restores, Run, SchemaCheck, Shared};
+use crate::backup::cluster::{get_json, put_json, ClusterBackups, RequestedNode};
+use crate::backup::{Scope, StartError};
+use crate::jobs::Job;
+
+/// How often nodes look for requests and report, and the asking node reads
+/// the reports.
+const POLL: Duration = Duration::from_secs(2);
+/// A node that has not started its part by then is reported failed.
+const PICKUP_TIMEOUT: Duration = Duration::from_secs(90);
+/// Requests older than this are ignored (their asker is gone).
+const REQUEST_TTL: time::Duration = time::Duration::hours(24);
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Request {
+    id: String,
+    #[serde(with = "time::serde::rfc3339")]
+    requested_at: OffsetDateTime,
+    /// What each node restores (scope node, the point resolved).
+    request: CreateRestore,
+    nodes: Vec<Target>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Target {
+    slot: SlotRef,
+    address: String,
+}
+
+/// One node's part of a cluster restore, as its status object and the API
+/// show it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodePart {
+    pub slot: SlotRef,
+    pub address: String,
+    pub state: RestoreState,
+    pub phase: String,
+    /// The source slot it restores from.
+    pub source: Option<SlotRef>,
+    pub progress: ProgressView,
+    pub imported_tables: Vec<String>,
+    pub error: Option<String>,
+}
+
+fn request_key(cluster: &str, id: &str) -> Result<ObjectKey, StoreError> {
+    ObjectKey::new(format!("{cluster}/restores/requests/{id}.json"))
+}
+
+fn status_key(id: &str, slot: &SlotRef) -> Result<ObjectKey, StoreError> {
+    ObjectKey::new(format!(
+        "{}/restores/status/{id}/{}/{}.json",
+        slot.cluster, slot.dc, slot.slot
+    ))
+}
+
+/// The sum of the nodes' progress: counts and rates add up, the ETA is the
+/// slowest node's.
+pub fn sum_progress(nodes: &[NodePart]) -> ProgressView {
+    let mut sum = ProgressView::default();
+    for n in nodes {
+        let p = &n.progress;
+        sum.files_total += p.files_total;
+        sum.files_done += p.files_done;
+        sum.bytes_total += p.bytes_total;
+        sum.bytes_done += p.bytes_done;
+        sum.files_uploaded += p.files_uploaded;
+        sum.bytes_uploaded += p.bytes_uploaded;
+        sum.files_reused += p.files_reused;
+        sum.bytes_reused += p.bytes_reused;
+        sum.rate_bytes_per_sec += p.rate_bytes_per_sec;
+        sum.eta_secs = match (sum.eta_secs, p.eta_secs) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        sum.errors
+            .extend(p.errors.iter().map(|e| format!("{}: {e}", n.slot.label())));
+    }
+    sum
+}
+
+/// The plan of a cluster restore: each target node's, and what blocks it.
+pub struct ClusterPlan {
+    /// What each node is asked to restore.
+    node_request: CreateRestore,
+    targets: Vec<(Target, PlanView)>,
+    /// Tables to create (once, by the asking node) before the nodes start.
+    create: Vec<String>,
+    schema: String,
+    pub blockers: Vec<String>,
+}
+
+impl ClusterPlan {
+    pub fn view(&self) -> Value {
+        let files: usize = self.targets.iter().map(|(_, p)| p.files).sum();
+        let bytes: u64 = self.targets.iter().map(|(_, p)| p.bytes).sum();
+        json!({
+            "scope": "cluster",
+            "backup_id": self.node_request.backup_id,
+            "at": self.node_request.at,
+            "files": files,
+            "bytes": bytes,
+            "create": self.create,
+            "blockers": self.blockers,
+            "nodes": self.targets.iter().map(|(t, p)| {
+                let mut v = serde_json::to_value(p).expect("serializes");
+                v["address"] = json!(t.address);
+                v
+            }).collect::<Vec<_>>(),
+        })
+    }
+}
+
+impl Restores {
+    fn cluster_backups(&self) -> Result<&Arc<ClusterBackups>, StartError> {
+        self.backups.cluster.as_ref().ok_or_else(|| {
+            StartError::Invalid(
+                "a cluster restore needs cluster mode (cluster.coordinator): this node has no cluster registry".into(),
+            )
+        })
+    }
+
+    /// Plans a cluster restore: the targets (every claimed slot, or those at
+    /// `nodes`), the point (by default the source's newest complete cluster
+    /// backup), and each target's plan against its registered tokens and the
+    /// live schema.
+    pub async fn plan_cluster(&self, req: &CreateRestore) -> Result<ClusterPlan, StartError> {
+        let cluster = self.cluster_backups()?;
+        req.point().map_err(StartError::Invalid)?;
+        req.selection().map_err(StartError::Invalid)?;
+        let claimed = cluster
+            .claimed()
+            .await
+            .map_err(|e| StartError::Invalid(e.to_string()))?;
+        for address in &req.nodes {
+            if !claimed.iter().any(|n| &n.address == address) {
+                return Err(StartError::Invalid(format!(
+                    "{address} is not a node of cluster {}; its nodes are {}",
+                    cluster.cluster(),
+                    claimed
+                        .iter()
+                        .map(|n| n.address.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+        }
+        let targets: Vec<RequestedNode> = claimed
+            .into_iter()
+            .filter(|n| req.nodes.is_empty() || req.nodes.contains(&n.address))
+            .collect();
+        let mut node_request = CreateRestore {
+            scope: Scope::Node,
+            nodes: Vec::new(),
+            dry_run: false,
+            create_schema: false,
+            ..req.clone()
+        };
+        if req.backup_id.is_none() && req.at.is_none() {
+            // One backup for every node: the newest complete cluster backup.
+            let source = req
+                .source_cluster
+                .clone()
+                .unwrap_or_else(|| cluster.cluster().to_string());
+            let id = self.newest_complete(&source).await?.ok_or_else(|| {
+                StartError::Invalid(format!(
+                    "cluster {source} has no complete cluster backup; give backup_id or at"
+                ))
+            })?;
+            node_request.backup_id = Some(id.to_string());
+        }
+        debug_assert!(!matches!(node_request.point(), Ok(Point::Latest)));
+        let live = self.live_schema().await?;
+        let mut plan = ClusterPlan {
+            node_request: node_request.clone(),
+            targets: Vec::new(),
+            create: Vec::new(),
+            schema: String::new(),
+            blockers: Vec::new(),
+        };
+        let planning = CreateRestore {
+            create_schema: req.create_schema,
+            ..node_request
+        };
+        for n in targets {
+            let (slot_plan, view) = self
+                .plan_for(&planning, &n.slot, Some(n.tokens.clone()), &live)
+                .await
+                .map_err(|e| match e {
+                    StartError::Invalid(m) => {
+                        StartError::Invalid(format!("{} ({}): {m}", n.slot.label(), n.address))
+                    }
+                    other => other,
+                })?;
+            plan.blockers.extend(
+                view.blockers
+                    .iter()
+                    .map(|b| format!("{} ({}): {b}", n.slot.label(), n.address)),
+            );
+            for t in &view.create {
+                if !plan.create.contains(t) {
+                    plan.create.push(t.clone());
+                }
+            }
+            if plan.schema.is_empty() {
+                plan.schema = slot_plan.schema;
+            }
+            plan.targets.push((
+                Target {
+                    slot: n.slot,
+                    address: n.address,
+                },
+                view,
+            ));
+        }
+        Ok(plan)
+    }
+
+    async fn newest_complete(&self, cluster: &str) -> Result<Option<BackupId>, StartError> {
+        let catalog = self.catalog();
+        let read = |e: BackupError| StartError::Invalid(format!("cannot read the backups: {e}"));
+        for id in catalog
+            .cluster_backup_ids(cluster)
+            .await
+            .map_err(read)?
+            .iter()
+            .rev()
+        {
+            if let Some(index) = catalog.cluster_index(cluster, id).await.map_err(read)? {
+                if index.complete {
+                    return Ok(Some(id.clone()));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Starts a cluster restore: its job creates the missing schema, writes
+    /// the request and follows the nodes' parts until each has finished.
+    pub async fn start_cluster(
+        self: &Arc<Self>,
+        req: CreateRestore,
+    ) -> Result<(String, Job), StartError> {
+        let plan = self.plan_cluster(&req).await?;
+        if !plan.blockers.is_empty() {
+            return Err(StartError::Invalid(format!(
+                "restore blocked: {}",
+                plan.blockers.join("; ")
+            )));
+        }
+        let id = new_id();
+        let shared = Arc::new(Mutex::new(Shared {
+            phase: "schema".into(),
+            state: Some(RestoreState::Running),
+            nodes: Some(plan.targets.iter().map(|(t, _)| pending(t)).collect()),
+            ..Shared::default()
+        }));
+        let cancel = CancellationToken::new();
+        let this = self.clone();
+        let (job_shared, job_cancel, job_id) = (shared.clone(), cancel.clone(), id.clone());
+        let job = self
+            .backups
+            .jobs
+            .start(
+                "restore-cluster",
+                "restore.cluster",
+                move |job_token| async move {
+                    let stop = job_cancel.clone();
+                    tokio::spawn(async move {
+                        job_token.cancelled().await;
+                        stop.cancel();
+                    });
+                    let outcome = this
+                        .coordinate(&job_id, plan, &job_shared, &job_cancel)
+                        .await;
+                    let mut s = job_shared.lock().expect("restore lock");
+                    s.finished_at = Some(OffsetDateTime::now_utc());
+                    s.phase = "done".into();
+                    match &outcome {
+                        Ok(_) => s.state = Some(RestoreState::Done),
+                        Err(BackupError::Cancelled) => {
+                            s.state = Some(RestoreState::Cancelled);
+                            s.error = Some("cancelled".into());
+                        }
+                        Err(e) => {
+                            s.state = Some(RestoreState::Failed);
+                            s.error = Some(e.to_string());
+                        }
+                    }
+                    outcome.map_err(|e| e.to_string())
+                },
+            )
+            .map_err(StartError::Conflict)?;
+        self.runs.lock().expect("runs lock").push(Run {
+            id: id.clone(),
+            scope: Scope::Cluster,
+            job: job.id,
+            started_at: OffsetDateTime::now_utc(),
+            request: req,
+            cancel,
+            progress: Default::default(),
+            shared,
+        });
+        Ok((id, job))
+    }
+
+    async fn coordinate(
+        &self,
+        id: &str,
+        plan: ClusterPlan,
+        shared: &Mutex<Shared>,
+        cancel: &CancellationToken,
+    ) -> Result<Value, BackupError> {
+        let cluster = self
+            .cluster_backups()
+            .map_err(|e| BackupError::Invalid(e.to_string()))?;
+        let store = cluster.store();
+        // Missing schema is created here, once: nodes creating the same table
+        // at once would give it different ids.
+        if !plan.create.is_empty() {
+            let live =
+                self.backups.node.cql.describe_schema().await.map_err(|e| {
+                    BackupError::Invalid(format!("cannot read the live schema: {e}"))
+                })?;
+            for statement in SchemaCheck::new(&plan.schema, &live).creates(&plan.create) {
+                self.backups
+                    .node
+                    .cql
+                    .execute(&statement)
+                    .await
+                    .map_err(|e| {
+                        BackupError::Invalid(format!(
+                            "cannot create {}: {e}",
+                            super::one_line(&statement)
+                        ))
+                    })?;
+            }
+        }
+        shared.lock().expect("restore lock").phase = "restore".into();
+        let targets: Vec<Target> = plan.targets.iter().map(|(t, _)| t.clone()).collect();
+        let request = Request {
+            id: id.to_string(),
+            requested_at: OffsetDateTime::now_utc(),
+            request: plan.node_request.clone(),
+            nodes: targets.clone(),
+        };
+        let key = request_key(cluster.cluster(), id)?;
+        put_json(store, &key, &request).await?;
+        let started = tokio::time::Instant::now();
+        let parts = loop {
+            let mut parts = Vec::with_capacity(targets.len());
+            for t in &targets {
+                let part = get_json::<NodePart>(store, &status_key(id, &t.slot)?).await?;
+                parts.push(part.unwrap_or_else(|| pending(t)));
+            }
+            let waiting = parts.iter().any(|p| match p.state {
+                RestoreState::Pending => started.elapsed() < PICKUP_TIMEOUT,
+                RestoreState::Running => true,
+                _ => false,
+            });
+            shared.lock().expect("restore lock").nodes = Some(parts.clone());
+            if !waiting {
+                break parts;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(POLL) => {}
+                _ = cancel.cancelled() => {
+                    // The nodes see their request gone and stop their parts.
+                    store.delete(&key).await?;
+                    return Err(BackupError::Cancelled);
+                }
+            }
+        };
+        store.delete(&key).await?;
+        let failures: Vec<String> = parts
+            .iter()
+            .filter(|p| p.state != RestoreState::Done)
+            .map(|p| {
+                let why = match (p.state, &p.error) {
+                    (RestoreState::Pending, _) => format!(
+                        "did not start its part within {}s (is its sidecar running?)",
+                        PICKUP_TIMEOUT.as_secs()
+                    ),
+                    (_, Some(e)) => e.clone(),
+                    (state, None) => format!("{state:?}").to_lowercase(),
+                };
+                format!("{} ({}): {why}", p.slot.label(), p.address)
+            })
+            .collect();
+        if !failures.is_empty() {
+            return Err(BackupError::Invalid(format!(
+                "cluster restore {id}: {} of {} nodes did not finish: {}",
+                failures.len(),
+                parts.len(),
+                failures.join("; ")
+            )));
+        }
+        let progress = sum_progress(&parts);
+        Ok(json!({
+            "id": id,
+            "nodes": parts.len(),
+            "files": progress.files_total,
+            "bytes": progress.bytes_total,
+            "tables": parts.iter().flat_map(|p| p.imported_tables.clone()).collect::<HashSet<_>>(),
+        }))
+    }
+
+    /// Runs until `stop`: picks up cluster restore requests naming this
+    /// node's slot, and reports each part's state while it runs.
+    pub async fn watch_cluster(self: Arc<Self>, stop: CancellationToken) {
+        let Some(cluster) = self.backups.cluster.clone() else {
+            return;
+        };
+        let handled = Arc::new(Mutex::new(HashSet::new()));
+        loop {
+            if let Err(e) = self.pick_up(&cluster, &handled, &stop).await {
+                tracing::warn!(error = %e, "cannot check for cluster restore requests");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(POLL) => {}
+                _ = stop.cancelled() => return,
+            }
+        }
+    }
+
+    async fn pick_up(
+        self: &Arc<Self>,
+        cluster: &Arc<ClusterBackups>,
+        handled: &Arc<Mutex<HashSet<String>>>,
+        stop: &CancellationToken,
+    ) -> Result<(), BackupError> {
+        let store = cluster.store();
+        let prefix = format!("{}/restores/requests/", cluster.cluster());
+        let me = self.backups.slot().clone();
+        for object in store.list(&prefix).await? {
+            let Some(request) = get_json::<Request>(store, &object.key).await? else {
+                continue;
+            };
+            let id = request.id.clone();
+            let Some(target) = request.nodes.iter().find(|n| n.slot == me) else {
+                continue;
+            };
+            if OffsetDateTime::now_utc() - request.requested_at > REQUEST_TTL
+                || handled.lock().expect("handled lock").contains(&id)
+            {
+                continue;
+            }
+            let key = status_key(&id, &me)?;
+            let reported = get_json::<NodePart>(store, &key).await?;
+            if reported
+                .as_ref()
+                .is_some_and(|p| !matches!(p.state, RestoreState::Pending | RestoreState::Running))
+            {
+                handled.lock().expect("handled lock").insert(id);
+                continue;
+            }
+            // Not started yet, or started by a sidecar that died: (re)start
+            // it; its saved state makes a restarted part continue.
+            let outcome = self
+                .start_as(request.request.clone(), Some(id.clone()))
+                .await;
+            match outcome {
+                Ok((_, job)) => {
+                    handled.lock().expect("handled lock").insert(id.clone());
+                    tracing::info!(restore = %id, job = %job.id, "cluster restore request picked up");
+                    tokio::spawn(self.clone().report(
+                        cluster.clone(),
+                        (object.key.clone(), key),
+                        target.clone(),
+                        handled.clone(),
+                        stop.clone(),
+                    ));
+                }
+                Err(StartError::Conflict(c)) => {
+                    tracing::info!(restore = %id, running = %c.running.id, "cluster restore request waits for a running backup or restore");
+                }
+                Err(e) => {
+                    handled.lock().expect("handled lock").insert(id.clone());
+                    let part = NodePart {
+                        state: RestoreState::Failed,
+                        error: Some(e.to_string()),
+                        ..pending(target)
+                    };
+                    put_json(store, &key, &part).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes this node's part to its status object until it ends; stops the
+    /// part if the request disappears (the cluster restore was cancelled).
+    async fn report(
+        self: Arc<Self>,
+        cluster: Arc<ClusterBackups>,
+        (request, key): (ObjectKey, ObjectKey),
+        target: Target,
+        handled: Arc<Mutex<HashSet<String>>>,
+        stop: CancellationToken,
+    ) {
+        let id = key_id(&request);
+        let store = cluster.store();
+        loop {
+            let Some(view) = self.show_scoped(&id, Scope::Node) else {
+                return;
+            };
+            let part = NodePart {
+                slot: target.slot.clone(),
+                address: target.address.clone(),
+                state: view.state,
+                phase: view.phase.clone(),
+                source: view.plan.as_ref().map(|p| p.source.clone()),
+                progress: view.progress.clone(),
+                imported_tables: view.imported_tables.clone(),
+                error: view.error.clone(),
+            };
+            if let Err(e) = put_json(store, &key, &part).await {
+                tracing::warn!(restore = %id, error = %e, "cannot report the restore's state");
+            }
+            if view.state != RestoreState::Running {
+                return;
+            }
+            if matches!(store.head(&request).await, Err(StoreError::NotFound { .. })) {
+                self.cancel_scoped(&id, Scope::Node);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(POLL) => {}
+                _ = stop.cancelled() => {
+                    // The sidecar stops: the next one picks the part up again.
+                    handled.lock().expect("handled lock").remove(&id);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn key_id(request: &ObjectKey) -> String {
+    request
+        .as_str()
+        .rsplit('/')
+        .next()
+        .and_then(|n| n.strip_suffix(".json"))
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn pending(t: &Target) -> NodePart {
+    NodePart {
+        slot: t.slot.clone(),
+        address: t.address.clone(),
+        state: RestoreState::Pending,
+        phase: "pending".into(),
+        source: None,
+        progress: ProgressView::default(),
+        imported_tables: Vec::new(),
+        error: None,
+    }
+}
