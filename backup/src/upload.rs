@@ -21,7 +21,7 @@ use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use crate::error::BackupError;
 use crate::manifest::Compression;
-use crate::store::{ObjectKey, ObjectStore};
+use crate::store::{LocalPut, ObjectKey, ObjectStore, StoreError};
 
 /// Bytes handed from the reader thread to the upload at a time.
 const CHUNK: usize = 256 * 1024;
@@ -44,6 +44,10 @@ impl Throttle {
 
     pub fn unlimited() -> Self {
         Throttle(None)
+    }
+
+    pub fn is_unlimited(&self) -> bool {
+        self.0.is_none()
     }
 
     pub async fn consume(&self, bytes: usize) {
@@ -81,6 +85,11 @@ pub async fn upload_file(
     throttle: &Throttle,
     progress: Option<Arc<AtomicU64>>,
 ) -> Result<Uploaded, BackupError> {
+    if throttle.is_unlimited() {
+        if let Some(local) = store.local_put(key) {
+            return upload_local(local, path, compression, zstd_level, progress).await;
+        }
+    }
     let (tx, mut rx) = mpsc::channel::<io::Result<Bytes>>(CHANNEL);
     // An upper bound of what is stored (zstd's worst case adds well under 1 %),
     // so that the store can size multipart parts for a huge file.
@@ -141,6 +150,70 @@ pub async fn upload_file(
     })
 }
 
+/// [`upload_file`] into a local store without a rate limit: the reader thread
+/// writes the object's temp file itself, and commits it.
+async fn upload_local(
+    local: LocalPut,
+    path: &Path,
+    compression: Compression,
+    zstd_level: i32,
+    progress: Option<Arc<AtomicU64>>,
+) -> Result<Uploaded, BackupError> {
+    let source = path.to_path_buf();
+    let key = local.key().to_string();
+    let written = tokio::task::spawn_blocking(move || {
+        let file = local.create().map_err(|e| (true, e))?;
+        let out = CountingWriter {
+            inner: io::BufWriter::with_capacity(CHUNK, file),
+            count: 0,
+        };
+        let read = read_into(&source, compression, zstd_level, out, progress.as_deref());
+        let committed = read.map_err(|e| (false, e)).and_then(|(hash, size, out)| {
+            let stored = out.count;
+            let file = out.inner.into_inner().map_err(|e| (true, e.into_error()))?;
+            local.commit(file).map_err(|e| (true, e))?;
+            Ok((hash, size, stored))
+        });
+        if committed.is_err() {
+            local.abandon();
+        }
+        committed
+    })
+    .await
+    .map_err(|e| BackupError::Internal(format!("reader thread: {e}")))?;
+    match written {
+        Ok((hash, size, stored_size)) => Ok(Uploaded {
+            hash: hash.to_hex().to_string(),
+            size,
+            stored_size,
+        }),
+        // The store's own side (its temp file, the rename) failed.
+        Err((true, e)) => Err(StoreError::io("put", &key, e).into()),
+        Err((false, source)) => Err(BackupError::File {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Counts the bytes written through it.
+struct CountingWriter<W> {
+    inner: W,
+    count: u64,
+}
+
+impl<W: Write> Write for CountingWriter<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(data)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// BLAKE3 of a file, hex, and its size (for files whose name and size match a
 /// stored object: hashing decides whether to skip).
 pub async fn hash_file(path: &Path) -> Result<(String, u64), BackupError> {
@@ -167,28 +240,30 @@ fn read_file(
     tx: mpsc::Sender<io::Result<Bytes>>,
     progress: Option<&AtomicU64>,
 ) -> io::Result<(blake3::Hash, u64)> {
-    let result = read_into(path, compression, zstd_level, &tx, progress);
+    let sink = ChunkSink {
+        tx: &tx,
+        buffer: BytesMut::new(),
+    };
+    let result = read_into(path, compression, zstd_level, sink, progress);
     if let Err(e) = &result {
         // Fail the upload too, so that the store never completes the object.
         let _ = tx.blocking_send(Err(io::Error::new(e.kind(), e.to_string())));
     }
-    result
+    result.map(|(hash, size, _)| (hash, size))
 }
 
-fn read_into(
+/// Reads `path`, hashing it, into `sink` (through zstd or not); gives the
+/// sink back once everything is written.
+fn read_into<W: Write>(
     path: &PathBuf,
     compression: Compression,
     zstd_level: i32,
-    tx: &mpsc::Sender<io::Result<Bytes>>,
+    sink: W,
     progress: Option<&AtomicU64>,
-) -> io::Result<(blake3::Hash, u64)> {
+) -> io::Result<(blake3::Hash, u64, W)> {
     let mut file = std::fs::File::open(path)?;
     let expected = file.metadata()?.len();
     let mut hasher = blake3::Hasher::new();
-    let sink = ChunkSink {
-        tx,
-        buffer: BytesMut::new(),
-    };
     let mut out = match compression {
         Compression::Zstd => {
             let mut encoder = zstd::stream::Encoder::new(sink, zstd_level)?;
@@ -218,7 +293,7 @@ fn read_into(
         }
         match &mut out {
             Out::Zstd(encoder) => encoder.write_all(&chunk)?,
-            Out::Raw(sink) => sink.send(chunk.freeze())?,
+            Out::Raw(sink) => sink.write_all(&chunk)?,
         }
     }
     // Checked before zstd ends the frame (it would refuse a size other than
@@ -230,14 +305,15 @@ fn read_into(
             format!("changed while being read: {expected} bytes at open, {total} read")
         }));
     }
-    match out {
-        Out::Zstd(encoder) => encoder.finish()?.flush()?,
-        Out::Raw(mut sink) => sink.flush()?,
-    }
+    let mut sink = match out {
+        Out::Zstd(encoder) => encoder.finish()?,
+        Out::Raw(sink) => sink,
+    };
+    sink.flush()?;
     if std::fs::metadata(path)?.len() != total {
         return Err(io::Error::other("changed while being read"));
     }
-    Ok((hasher.finalize(), total))
+    Ok((hasher.finalize(), total, sink))
 }
 
 /// Reads until `buf` is full or the file ends.
@@ -254,10 +330,10 @@ fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> io::Result<usize> {
     Ok(filled)
 }
 
-/// Where read bytes go: straight to the channel, or through zstd.
-enum Out<'a> {
-    Raw(ChunkSink<'a>),
-    Zstd(zstd::stream::Encoder<'static, ChunkSink<'a>>),
+/// Where read bytes go: straight to the sink, or through zstd.
+enum Out<W: Write> {
+    Raw(W),
+    Zstd(zstd::stream::Encoder<'static, W>),
 }
 
 /// Collects compressed output into chunks of `CHUNK` bytes for the channel.
@@ -268,6 +344,9 @@ struct ChunkSink<'a> {
 
 impl ChunkSink<'_> {
     fn send(&mut self, chunk: Bytes) -> io::Result<()> {
+        if chunk.is_empty() {
+            return Ok(());
+        }
         self.tx
             .blocking_send(Ok(chunk))
             .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the upload stopped"))
@@ -324,13 +403,22 @@ pub async fn fetch_object(
     dest: Option<&Path>,
     progress: Option<Arc<AtomicU64>>,
 ) -> Result<(), BackupError> {
-    let (mut write_end, read_end) = tokio::io::duplex(CHUNK);
-    let download = {
-        let store = store.clone();
-        let key = key.clone();
-        tokio::spawn(async move { store.get_to_writer(&key, &mut write_end).await })
+    // A local store's file is read straight from the hashing thread; any
+    // other object streams in through a pipe from the download task.
+    let (reader, download): (Box<dyn io::Read + Send>, _) = match store.local_file(key) {
+        Some(path) => {
+            let file =
+                std::fs::File::open(&path).map_err(|e| StoreError::io("get", key.as_str(), e))?;
+            (Box::new(file), None)
+        }
+        None => {
+            let (mut write_end, read_end) = tokio::io::duplex(CHUNK);
+            let store = store.clone();
+            let key = key.clone();
+            let task = tokio::spawn(async move { store.get_to_writer(&key, &mut write_end).await });
+            (Box::new(SyncIoBridge::new(read_end)), Some(task))
+        }
     };
-    let reader = SyncIoBridge::new(read_end);
     let expected = hash.to_string();
     let temp = dest.map(|d| {
         let name = d
@@ -389,9 +477,13 @@ pub async fn fetch_object(
         }
         Ok(())
     });
-    let downloaded = download
-        .await
-        .map_err(|e| BackupError::Internal(format!("download task: {e}")))?;
+    let downloaded = match download {
+        Some(task) => task
+            .await
+            .map_err(|e| BackupError::Internal(format!("download task: {e}")))?
+            .map(|_| ()),
+        None => Ok(()),
+    };
     let checked = checked
         .await
         .map_err(|e| BackupError::Internal(format!("hash thread: {e}")))?;

@@ -51,7 +51,7 @@ impl FsBackend {
         &self.root
     }
 
-    fn path(&self, key: &ObjectKey) -> PathBuf {
+    pub(crate) fn path(&self, key: &ObjectKey) -> PathBuf {
         self.root.join(key.as_str())
     }
 
@@ -59,6 +59,14 @@ impl FsBackend {
         self.root
             .join(SCRATCH)
             .join(format!("{}.tmp", uuid::Uuid::new_v4().simple()))
+    }
+
+    pub(crate) fn local_put(&self, key: &ObjectKey) -> LocalPut {
+        LocalPut {
+            key: key.to_string(),
+            temp: self.temp_path(),
+            target: self.path(key),
+        }
     }
 
     /// Writes `reader` to a temp file and renames it over `key`; the temp file
@@ -234,4 +242,40 @@ fn list_blocking(root: &Path, prefix: &str) -> Result<Vec<ListedObject>, StoreEr
     }
     found.sort_by(|a, b| a.key.cmp(&b.key));
     Ok(found)
+}
+
+/// An object written by a blocking writer on this machine, as `put_reader`
+/// writes one: a temp file under the store, synced, renamed over the key,
+/// and the directory entry synced.
+#[derive(Debug)]
+pub struct LocalPut {
+    key: String,
+    temp: PathBuf,
+    target: PathBuf,
+}
+
+impl LocalPut {
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The temp file to write.
+    pub fn create(&self) -> std::io::Result<std::fs::File> {
+        std::fs::File::create(&self.temp)
+    }
+
+    /// Makes the written temp file the object.
+    pub fn commit(&self, file: std::fs::File) -> std::io::Result<()> {
+        file.sync_all()?;
+        drop(file);
+        let parent = self.target.parent().expect("a key path has a parent");
+        std::fs::create_dir_all(parent)?;
+        std::fs::rename(&self.temp, &self.target)?;
+        std::fs::File::open(parent)?.sync_all()
+    }
+
+    /// Removes the temp file after a failure.
+    pub fn abandon(&self) {
+        let _ = std::fs::remove_file(&self.temp);
+    }
 }

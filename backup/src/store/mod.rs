@@ -36,6 +36,7 @@ pub use retry::{retry, RetryPolicy};
 pub use s3::{S3Config, S3Credentials, MIN_PART_SIZE};
 
 use fs::FsBackend;
+pub use fs::LocalPut;
 use s3::S3Backend;
 
 /// Which backend, and where.
@@ -248,6 +249,25 @@ impl ObjectStore {
     /// Streams an object into `writer`; returns the byte count. Only the start
     /// of the download is retried: after the first byte is written, a failure
     /// is returned (retryable or not) and the caller starts over.
+    /// The file that holds `key` in a local (filesystem) store, for readers on
+    /// the same machine to open directly; `None` for other stores, and when
+    /// faults are injected (tests), so that those go through the requests.
+    pub fn local_file(&self, key: &ObjectKey) -> Option<PathBuf> {
+        match &self.backend {
+            Backend::Fs(fs) if self.attempts.faults.is_none() => Some(fs.path(key)),
+            _ => None,
+        }
+    }
+
+    /// A put that a blocking writer on this machine makes itself, for a
+    /// local store (and not when faults are injected); `None` otherwise.
+    pub fn local_put(&self, key: &ObjectKey) -> Option<LocalPut> {
+        match &self.backend {
+            Backend::Fs(fs) if self.attempts.faults.is_none() => Some(fs.local_put(key)),
+            _ => None,
+        }
+    }
+
     pub async fn get_to_writer<W>(&self, key: &ObjectKey, writer: &mut W) -> Result<u64, StoreError>
     where
         W: AsyncWrite + Unpin + Send + ?Sized,
