@@ -120,6 +120,26 @@ async fn one_node_starts_takes_writes_flushes_sstables_and_stops_cleanly() {
         ok && out.contains("127.0.0.11:7000") && out.contains("UP"),
         "{out}"
     );
+    // Output into a pipe closed before anything is read from it
+    // (`anchises --json schema | head -c0`): the command ends by SIGPIPE, as
+    // Unix tools do, rather than by a panic on the write.
+    let mut child = std::process::Command::new(anchises_integration::anchises_bin())
+        .args(["--url", &node.api, "--json", "schema"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    const SIGPIPE: i32 = 13;
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&out.status),
+        Some(SIGPIPE),
+        "{:?}: {stderr}",
+        out.status
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
 
     // Drain: Cassandra keeps running, DRAINED, refusing writes.
     let job = node.action("drain", None).await;

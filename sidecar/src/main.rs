@@ -4,7 +4,28 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     bound_malloc_retention();
-    anchises::cli::main(anchises::cli::Cli::parse())
+    let cli = anchises::cli::Cli::parse();
+    if !matches!(
+        cli.command,
+        anchises::cli::Command::Node(_) | anchises::cli::Command::Control(_)
+    ) {
+        exit_quietly_on_closed_stdout();
+    }
+    anchises::cli::main(cli)
+}
+
+/// A client command whose output goes to a pipe that closes early
+/// (`anchises backup list --json | head -1`) ends like any Unix tool, by
+/// SIGPIPE, instead of failing on the write. The servers (`node`, `control`)
+/// keep Rust's default of ignoring it: a closed pipe to a child process must
+/// not end them.
+fn exit_quietly_on_closed_stdout() {
+    #[cfg(unix)]
+    // SAFETY: restores the default disposition of one signal, before any
+    // other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
 }
 
 /// Buffers of 128 KiB and more (file chunks, S3 parts) get their own mappings,
