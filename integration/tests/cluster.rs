@@ -282,6 +282,66 @@ async fn one_request_creates_a_three_node_cluster_with_the_computed_tokens() {
         assert_eq!(status, 400, "{body}: {e}");
         assert!(e["error"].as_str().unwrap().contains(expect), "{body}: {e}");
     }
+    // Cancelled at once: the asking node ends it as cancelled, withdraws the
+    // request from the store, and no node is left running a part of it.
+    let (status, _, started) =
+        restore(serde_json::json!({"scope": "cluster", "keyspaces": ["shop"]})).await;
+    assert_eq!(status, 202, "{started}");
+    let cancelled_id = started["id"].as_str().unwrap().to_string();
+    let (status, _, answer) = send_raw(
+        &http,
+        &api,
+        "POST",
+        &format!("/v1/restores/{cancelled_id}/cancel"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 202, "{answer}");
+    let job_location = format!("/v1/jobs/{}", started["job"]["id"].as_str().unwrap());
+    let job = poll_job(&http, &api, &job_location, Duration::from_secs(60)).await;
+    assert_ne!(job["state"], "succeeded", "{job}");
+    assert!(
+        job["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("cancelled"),
+        "{job}"
+    );
+    let (_, _, shown) = send_raw(
+        &http,
+        &api,
+        "GET",
+        &format!("/v1/restores/{cancelled_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(shown["state"], "cancelled", "{shown}");
+    assert!(!control
+        .dir
+        .join(format!(
+            "backups/orders/restores/requests/{cancelled_id}.json"
+        ))
+        .exists());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    for n in nodes {
+        let node_api = n["api"].as_str().unwrap();
+        loop {
+            let (status, _, part) = send_raw(
+                &http,
+                node_api,
+                "GET",
+                &format!("/v1/restores/{cancelled_id}"),
+                None,
+            )
+            .await;
+            if status == 404 || part["state"] != "running" {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{part}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
     let (status, _, started) =
         restore(serde_json::json!({"scope": "cluster", "keyspaces": ["shop"]})).await;
     assert_eq!(status, 202, "{started}");

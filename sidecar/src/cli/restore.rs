@@ -483,6 +483,9 @@ fn summary_rows(d: &Value) -> Vec<(&'static str, String)> {
     if imported > 0 {
         tables.push_str(&format!(": {}", text(&d["imported_tables"])));
     }
+    if let Some(nodes) = d["nodes"].as_array() {
+        tables = nodes_done(nodes);
+    }
     let mut rows = vec![("tables", tables)];
     if !plan.is_null() {
         rows.push((
@@ -564,21 +567,37 @@ fn print_list(list: &Value) {
     println!("{t}");
 }
 
+/// `2 of 3 nodes done`.
+fn nodes_done(nodes: &[Value]) -> String {
+    let done = nodes.iter().filter(|n| n["state"] == "done").count();
+    format!("{done} of {} nodes done", nodes.len())
+}
+
 fn list_row(r: &Value) -> [String; 9] {
     let imported = r["imported_tables"].as_array().map_or(0, Vec::len);
-    let tables = match r["plan"]["tables"].as_array() {
-        Some(all) => format!("{imported}/{}", all.len()),
-        None => imported.to_string(),
+    let tables = match (r["nodes"].as_array(), r["plan"]["tables"].as_array()) {
+        (Some(nodes), _) => nodes_done(nodes),
+        (None, Some(all)) => format!("{imported}/{}", all.len()),
+        (None, None) => imported.to_string(),
+    };
+    let bytes = if r["nodes"].is_array() {
+        &r["progress"]["bytes_total"]
+    } else {
+        &r["plan"]["bytes"]
     };
     [
-        text(&r["id"]),
+        if r["scope"] == "cluster" {
+            format!("{} (cluster)", text(&r["id"]))
+        } else {
+            text(&r["id"])
+        },
         text(&r["state"]),
         text(&r["phase"]),
         when(&r["started_at"]),
         duration(&elapsed(r)),
         point(&r["request"]),
         tables,
-        size(&r["plan"]["bytes"]),
+        size(bytes),
         shorten(&text(&r["error"]), 60),
     ]
 }
@@ -816,6 +835,52 @@ mod tests {
         assert_eq!(
             blocker_lines(&bad),
             ["  - the live schema of shop.items differs from the backup's; restore refused\n      live:   A\n      backup: B"]
+        );
+    }
+
+    #[test]
+    fn a_cluster_restore_shows_its_nodes() {
+        let part = |slot: u32, state: &str| {
+            json!({"slot": {"cluster": "orders", "dc": "dc1", "slot": slot},
+                "address": format!("10.0.0.{slot}"), "state": state, "phase": state,
+                "source": null, "progress": {"bytes_done": 1u64 << 20},
+                "imported_tables": if state == "done" { json!(["shop.orders"]) } else { json!([]) },
+                "error": null})
+        };
+        let view = json!({
+            "id": "r1a2b3c4d5e6f", "scope": "cluster", "state": "running", "phase": "restore",
+            "started_at": "2026-11-26T10:00:00Z", "finished_at": null, "job": "j",
+            "request": {"keyspaces": ["shop"], "tables": [], "scope": "cluster"},
+            "plan": null,
+            "progress": {"files_total": 30, "files_done": 10, "bytes_total": 3u64 << 20,
+                "bytes_done": 1u64 << 20, "rate_bytes_per_sec": 1048576.0, "eta_secs": 2.0,
+                "errors": []},
+            "imported_tables": [], "error": null,
+            "nodes": [part(0, "done"), part(1, "running"), part(2, "pending")],
+        });
+        assert!(
+            progress_line(&view).ends_with(" · 1/3 nodes done"),
+            "{}",
+            progress_line(&view)
+        );
+        let row = list_row(&view);
+        assert_eq!(row[0], "r1a2b3c4d5e6f (cluster)");
+        assert_eq!(row[6], "1 of 3 nodes done");
+        assert_eq!(row[7], "3.0 MiB");
+        let rows = summary_rows(&view);
+        assert_eq!(rows[0], ("tables", "1 of 3 nodes done".to_string()));
+        let nodes: Vec<&String> = rows
+            .iter()
+            .filter(|(k, _)| *k == "node")
+            .map(|(_, v)| v)
+            .collect();
+        assert_eq!(
+            nodes,
+            [
+                "orders dc1/0 10.0.0.0: done, 1 tables, 1.0 MiB",
+                "orders dc1/1 10.0.0.1: running, 0 tables, 1.0 MiB",
+                "orders dc1/2 10.0.0.2: pending, 0 tables, 1.0 MiB",
+            ]
         );
     }
 
