@@ -172,6 +172,15 @@ async fn one_request_creates_a_three_node_cluster_with_the_computed_tokens() {
             manifest.schema
         );
     }
+    // The nodes' statuses went into the index and are gone from the store.
+    assert_eq!(
+        files_under(
+            &control
+                .dir
+                .join(format!("backups/orders/backups/status/{id}"))
+        ),
+        Vec::<String>::new()
+    );
     // A verify of the cluster backup checks every node's objects.
     let (status, _, verify) = send_raw(
         &http,
@@ -376,6 +385,15 @@ async fn one_request_creates_a_three_node_cluster_with_the_computed_tokens() {
     }
     assert!(files > 0);
     assert_eq!(shown["progress"]["files_total"], files, "{shown}");
+    assert_eq!(
+        files_under(
+            &control
+                .dir
+                .join(format!("backups/orders/restores/status/{restore_id}"))
+        ),
+        Vec::<String>::new(),
+        "the nodes' statuses of a finished cluster restore are removed"
+    );
     // Each node's own sidecar shows its part under the same id.
     let (status, _, part) = send_raw(
         &http,
@@ -537,6 +555,19 @@ async fn bad_cluster_requests_get_4xx_json_errors() {
 
 /// `count(*)` at `consistency` through `address`. A node that has just
 /// started may not see its peers up yet: "unavailable" is retried for a minute.
+/// The files below `dir` (none if it does not exist).
+fn files_under(dir: &std::path::Path) -> Vec<String> {
+    let out = std::process::Command::new("find")
+        .arg(dir)
+        .args(["-type", "f"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
 async fn count_at(address: std::net::IpAddr, table: &str, consistency: Consistency) -> i64 {
     let session = cql(address).await;
     let mut count = Statement::new(format!("SELECT count(*) FROM {table}"));

@@ -283,6 +283,12 @@ impl ClusterBackups {
             .put_cluster_index(&index)
             .await?;
         self.store.delete(&request_key).await?;
+        // The index now holds what each node's status said.
+        let statuses: Vec<ObjectKey> = nodes
+            .iter()
+            .map(|n| status_key(id, &n.slot))
+            .collect::<Result<_, _>>()?;
+        self.store.delete_many(&statuses).await?;
         if !complete {
             let failures: Vec<String> = index
                 .nodes

@@ -397,6 +397,13 @@ impl Restores {
             }
         };
         store.delete(&key).await?;
+        // Every part has ended and its node stopped reporting: the statuses
+        // have served their purpose (the result below keeps what they said).
+        let statuses: Vec<ObjectKey> = targets
+            .iter()
+            .map(|t| status_key(id, &t.slot))
+            .collect::<Result<_, _>>()?;
+        store.delete_many(&statuses).await?;
         let failures: Vec<String> = parts
             .iter()
             .filter(|p| p.state != RestoreState::Done)
