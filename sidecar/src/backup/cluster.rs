@@ -29,11 +29,11 @@ use super::{BackupState, BackupSummary, Backups, Scope, StartError};
 use crate::jobs::Job;
 
 /// How often nodes look for requests, and the asking node for statuses.
-const POLL: Duration = Duration::from_secs(2);
+pub(crate) const POLL: Duration = Duration::from_secs(2);
 /// A node that has not started a request's backup by then is reported failed.
-const PICKUP_TIMEOUT: Duration = Duration::from_secs(90);
+pub(crate) const PICKUP_TIMEOUT: Duration = Duration::from_secs(90);
 /// Requests older than this are ignored (their asker is gone).
-const REQUEST_TTL: time::Duration = time::Duration::hours(24);
+pub(crate) const REQUEST_TTL: time::Duration = time::Duration::hours(24);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Request {

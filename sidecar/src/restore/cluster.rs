@@ -13,7 +13,6 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use anchises_backup::files::ProgressView;
 use anchises_backup::manifest::{BackupId, SlotRef};
@@ -24,18 +23,16 @@ use serde_json::{json, Value};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
-use super::{new_id, CreateRestore, PlanView, RestoreState, Restores, Run, SchemaCheck, Shared};
-use crate::backup::cluster::{get_json, put_json, ClusterBackups, RequestedNode};
+use super::{
+    finish, forward_cancel, new_id, CreateRestore, PlanView, RestoreState, Restores, Run,
+    SchemaCheck, Shared,
+};
+// Polling, pick-up timeout and request lifetime as for cluster backups.
+use crate::backup::cluster::{
+    get_json, put_json, ClusterBackups, RequestedNode, PICKUP_TIMEOUT, POLL, REQUEST_TTL,
+};
 use crate::backup::{Scope, StartError};
 use crate::jobs::Job;
-
-/// How often nodes look for requests and report, and the asking node reads
-/// the reports.
-const POLL: Duration = Duration::from_secs(2);
-/// A node that has not started its part by then is reported failed.
-const PICKUP_TIMEOUT: Duration = Duration::from_secs(90);
-/// Requests older than this are ignored (their asker is gone).
-const REQUEST_TTL: time::Duration = time::Duration::hours(24);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Request {
@@ -290,29 +287,12 @@ impl Restores {
                 "restore-cluster",
                 "restore.cluster",
                 move |job_token| async move {
-                    let stop = job_cancel.clone();
-                    tokio::spawn(async move {
-                        job_token.cancelled().await;
-                        stop.cancel();
-                    });
+                    forward_cancel(job_token, job_cancel.clone());
                     let outcome = this
                         .coordinate(&job_id, plan, &job_shared, &job_cancel)
                         .await;
-                    let mut s = job_shared.lock().expect("restore lock");
-                    s.finished_at = Some(OffsetDateTime::now_utc());
-                    s.phase = "done".into();
-                    match &outcome {
-                        Ok(_) => s.state = Some(RestoreState::Done),
-                        Err(BackupError::Cancelled) => {
-                            s.state = Some(RestoreState::Cancelled);
-                            s.error = Some("cancelled".into());
-                        }
-                        Err(e) => {
-                            s.state = Some(RestoreState::Failed);
-                            s.error = Some(e.to_string());
-                        }
-                    }
-                    outcome.map_err(|e| e.to_string())
+                    job_shared.lock().expect("restore lock").phase = "done".into();
+                    finish(&job_shared, outcome)
                 },
             )
             .map_err(StartError::Conflict)?;
@@ -497,6 +477,7 @@ impl Restores {
                     tracing::info!(restore = %id, job = %job.id, "cluster restore request picked up");
                     tokio::spawn(self.clone().report(
                         cluster.clone(),
+                        id.clone(),
                         (object.key.clone(), key),
                         target.clone(),
                         handled.clone(),
@@ -525,12 +506,12 @@ impl Restores {
     async fn report(
         self: Arc<Self>,
         cluster: Arc<ClusterBackups>,
+        id: String,
         (request, key): (ObjectKey, ObjectKey),
         target: Target,
         handled: Arc<Mutex<HashSet<String>>>,
         stop: CancellationToken,
     ) {
-        let id = key_id(&request);
         let store = cluster.store();
         loop {
             let Some(view) = self.show_scoped(&id, Scope::Node) else {
@@ -565,16 +546,6 @@ impl Restores {
             }
         }
     }
-}
-
-fn key_id(request: &ObjectKey) -> String {
-    request
-        .as_str()
-        .rsplit('/')
-        .next()
-        .and_then(|n| n.strip_suffix(".json"))
-        .unwrap_or_default()
-        .to_string()
 }
 
 fn pending(t: &Target) -> NodePart {

@@ -479,11 +479,7 @@ impl Restores {
             .backups
             .jobs
             .start(GROUP, "restore", move |job_token| async move {
-                let stop = job_cancel.clone();
-                tokio::spawn(async move {
-                    job_token.cancelled().await;
-                    stop.cancel();
-                });
+                forward_cancel(job_token, job_cancel.clone());
                 let outcome = match mode {
                     RestoreMode::Online => {
                         this.run(&dir, plan, &job_shared, &job_progress, &job_cancel)
@@ -494,20 +490,7 @@ impl Restores {
                             .await
                     }
                 };
-                let mut s = job_shared.lock().expect("restore lock");
-                s.finished_at = Some(OffsetDateTime::now_utc());
-                match &outcome {
-                    Ok(_) => s.state = Some(RestoreState::Done),
-                    Err(BackupError::Cancelled) => {
-                        s.state = Some(RestoreState::Cancelled);
-                        s.error = Some("cancelled".into());
-                    }
-                    Err(e) => {
-                        s.state = Some(RestoreState::Failed);
-                        s.error = Some(e.to_string());
-                    }
-                }
-                outcome.map_err(|e| e.to_string())
+                finish(&job_shared, outcome)
             })
             .map_err(StartError::Conflict)?;
         let mut runs = self.runs.lock().expect("runs lock");
@@ -908,6 +891,32 @@ impl Restores {
             nodes: s.nodes.clone(),
         }
     }
+}
+
+/// A cancel of the restore's job cancels the restore.
+fn forward_cancel(job: CancellationToken, restore: CancellationToken) {
+    tokio::spawn(async move {
+        job.cancelled().await;
+        restore.cancel();
+    });
+}
+
+/// Records how a restore ended, and hands the outcome to its job.
+fn finish(shared: &Mutex<Shared>, outcome: Result<Value, BackupError>) -> Result<Value, String> {
+    let mut s = shared.lock().expect("restore lock");
+    s.finished_at = Some(OffsetDateTime::now_utc());
+    match &outcome {
+        Ok(_) => s.state = Some(RestoreState::Done),
+        Err(BackupError::Cancelled) => {
+            s.state = Some(RestoreState::Cancelled);
+            s.error = Some("cancelled".into());
+        }
+        Err(e) => {
+            s.state = Some(RestoreState::Failed);
+            s.error = Some(e.to_string());
+        }
+    }
+    outcome.map_err(|e| e.to_string())
 }
 
 fn new_id() -> String {
