@@ -95,8 +95,9 @@ fn table_subdir_files(data_dir: &Path, subdir: &Path) -> std::io::Result<Vec<Sou
 pub struct StoreSettings {
     /// Files uploaded at once.
     pub concurrency: usize,
-    /// Files of at least `large_file` bytes uploaded at once (on S3 each holds
-    /// its multipart buffers; keep this low to bound memory).
+    /// Files of at least `large_file` bytes uploaded at once when the store
+    /// buffers their parts (S3 multipart uploads; keep this low to bound
+    /// memory). Files the store streams in one request do not count.
     pub large_concurrency: usize,
     pub large_file: u64,
     pub zstd_level: i32,
@@ -308,13 +309,8 @@ impl FileStorer<'_> {
                     if stop.is_cancelled() {
                         return Err(BackupError::Cancelled);
                     }
-                    let _permit = if file.size >= self.settings.large_file {
-                        Some(large.acquire().await.expect("never closed"))
-                    } else {
-                        None
-                    };
                     let result = tokio::select! {
-                        r = self.store_one(&file, siblings) => r,
+                        r = self.store_one(&file, siblings, large) => r,
                         _ = stop.cancelled() => Err(BackupError::Cancelled),
                     };
                     match &result {
@@ -366,6 +362,7 @@ impl FileStorer<'_> {
         &self,
         file: &SourceFile,
         siblings: &HashSet<String>,
+        large: &Semaphore,
     ) -> Result<(FileEntry, bool), BackupError> {
         let copies = self
             .index
@@ -421,6 +418,14 @@ impl FileStorer<'_> {
         let key = self
             .slot
             .sstable_key(&file.keyspace, &file.table_dir, &object)?;
+        // A large file holds the store's part buffers, unless the store takes
+        // it as one streamed request.
+        let streamed = compression == Compression::None && self.store.streams_put(file.size);
+        let _permit = if file.size >= self.settings.large_file && !streamed {
+            Some(large.acquire().await.expect("never closed"))
+        } else {
+            None
+        };
         let mut attempt = 0;
         let uploaded = loop {
             attempt += 1;

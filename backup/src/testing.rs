@@ -171,8 +171,27 @@ impl MotoServer {
         &self.endpoint
     }
 
-    /// A configuration for `bucket` on this server, with dummy credentials and
-    /// parts of S3's minimum size so multipart tests stay small.
+    /// CPU seconds the server has used so far (user + system): it serves one
+    /// request at a time, so this is how long it was busy.
+    pub fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.moto_pid))
+            .expect("moto's /proc stat");
+        // The fields after the command name, which is in parentheses.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .expect("a stat line")
+            .1
+            .split_whitespace()
+            .collect();
+        let ticks: u64 =
+            fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+        // Linux reports clock ticks of 1/100 s (USER_HZ) on every platform.
+        ticks as f64 / 100.0
+    }
+
+    /// A configuration for `bucket` on this server, with dummy credentials,
+    /// parts of S3's minimum size and raw files above two parts sent as
+    /// multipart uploads, so that tests of both kinds of upload stay small.
     pub fn s3_config(&self, bucket: &str) -> S3Config {
         S3Config {
             region: Some("us-east-1".into()),
@@ -183,6 +202,7 @@ impl MotoServer {
                 session_token: None,
             }),
             part_size: MIN_PART_SIZE,
+            multipart_threshold: 2 * MIN_PART_SIZE,
             ..S3Config::new(bucket)
         }
     }

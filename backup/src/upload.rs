@@ -11,12 +11,12 @@
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_speed_limit::Limiter;
 use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use crate::error::BackupError;
@@ -90,64 +90,131 @@ pub async fn upload_file(
             return upload_local(local, path, compression, zstd_level, progress).await;
         }
     }
-    let (tx, mut rx) = mpsc::channel::<io::Result<Bytes>>(CHANNEL);
+    let size = std::fs::metadata(path)
+        .map_err(|source| BackupError::File {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .len();
+    if compression == Compression::None && store.streams_put(size) {
+        return upload_streamed(store, key, path, size, throttle, progress).await;
+    }
+    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(CHANNEL);
     // An upper bound of what is stored (zstd's worst case adds well under 1 %),
     // so that the store can size multipart parts for a huge file.
-    let size_hint = std::fs::metadata(path)
-        .ok()
-        .map(|m| m.len() + m.len() / 100 + CHUNK as u64);
+    let size_hint = Some(size + size / 100 + CHUNK as u64);
     let source = path.to_path_buf();
-    let reader = tokio::task::spawn_blocking(move || {
-        read_file(&source, compression, zstd_level, tx, progress.as_deref())
-    });
-    let stored = Arc::new(AtomicU64::new(0));
-    let counted = stored.clone();
     let throttle = throttle.clone();
-    let chunks = futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).then(move |chunk| {
-        let throttle = throttle.clone();
-        let counted = counted.clone();
-        async move {
-            if let Ok(bytes) = &chunk {
-                throttle.consume(bytes.len()).await;
-                counted.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-            }
-            chunk
-        }
+    let reader = tokio::task::spawn_blocking(move || {
+        read_file(
+            &source,
+            compression,
+            zstd_level,
+            tx,
+            &throttle,
+            progress.as_deref(),
+        )
     });
-    let mut body = StreamReader::new(Box::pin(chunks));
+    let mut body = StreamReader::new(chunks(rx));
     let put = store.put_reader(key, &mut body, size_hint).await;
     drop(body);
     let read = reader
         .await
         .map_err(|e| BackupError::Internal(format!("reader thread: {e}")))?;
+    finish_upload(path, put.map(drop), read)
+}
+
+/// [`upload_file`] of a raw file that the store takes as one streaming
+/// request: each attempt of the request reads the file again (hashing,
+/// counting progress, throttled) into the request's body.
+async fn upload_streamed(
+    store: &ObjectStore,
+    key: &ObjectKey,
+    path: &Path,
+    size: u64,
+    throttle: &Throttle,
+    progress: Option<Arc<AtomicU64>>,
+) -> Result<Uploaded, BackupError> {
+    let reader: Mutex<Option<JoinHandle<io::Result<ReadOutcome>>>> = Mutex::new(None);
+    let reader = &reader;
+    let put = store
+        .put_stream(key, size, || {
+            let source = path.to_path_buf();
+            let throttle = throttle.clone();
+            let progress = progress.clone();
+            async move {
+                // A failed attempt's reader stops once its body is dropped;
+                // waiting for it lets the progress count start again from zero.
+                let previous = reader.lock().expect("reader lock").take();
+                if let Some(previous) = previous {
+                    let _ = previous.await;
+                }
+                if let Some(p) = &progress {
+                    p.store(0, Ordering::Relaxed);
+                }
+                let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(CHANNEL);
+                let handle = tokio::task::spawn_blocking(move || {
+                    read_file(
+                        &source,
+                        Compression::None,
+                        0,
+                        tx,
+                        &throttle,
+                        progress.as_deref(),
+                    )
+                });
+                *reader.lock().expect("reader lock") = Some(handle);
+                chunks(rx)
+            }
+        })
+        .await;
+    let handle = reader.lock().expect("reader lock").take();
+    let read = match handle {
+        Some(handle) => handle
+            .await
+            .map_err(|e| BackupError::Internal(format!("reader thread: {e}")))?,
+        // No attempt was made (cancelled before the first).
+        None => return Err(put.err().map(Into::into).unwrap_or(BackupError::Cancelled)),
+    };
+    finish_upload(path, put, read)
+}
+
+/// The chunks a reading thread sends, as a stream.
+fn chunks(
+    mut rx: mpsc::Receiver<io::Result<Bytes>>,
+) -> impl futures::Stream<Item = io::Result<Bytes>> + Send + Sync + Unpin {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// What the reading thread made of a file: its hash, its size and the bytes
+/// it handed on (stored size).
+type ReadOutcome = (blake3::Hash, u64, u64);
+
+/// The outcome of an upload from the store's answer and the reading thread's.
+fn finish_upload(
+    path: &Path,
+    put: Result<(), StoreError>,
+    read: io::Result<ReadOutcome>,
+) -> Result<Uploaded, BackupError> {
     // The reader's own error (a vanished or changed file) explains a failed
     // upload better than the store's "reading the source failed"; a reader
     // stopped because the upload failed ("broken pipe") does not.
-    let (hash, size) = match (put, read) {
-        (_, Err(source)) if source.kind() != io::ErrorKind::BrokenPipe => {
-            return Err(BackupError::File {
-                path: path.to_path_buf(),
-                source,
-            })
-        }
-        (Err(e), _) => return Err(e.into()),
-        (Ok(_), Err(source)) => {
-            return Err(BackupError::File {
-                path: path.to_path_buf(),
-                source,
-            })
-        }
-        (Ok(stored_size), Ok((hash, size))) => {
-            debug_assert_eq!(stored_size, stored.load(Ordering::Relaxed));
-            (hash, size)
-        }
-    };
-    let stored_size = stored.load(Ordering::Relaxed);
-    Ok(Uploaded {
-        hash: hash.to_hex().to_string(),
-        size,
-        stored_size,
-    })
+    match (put, read) {
+        (_, Err(source)) if source.kind() != io::ErrorKind::BrokenPipe => Err(BackupError::File {
+            path: path.to_path_buf(),
+            source,
+        }),
+        (Err(e), _) => Err(e.into()),
+        (Ok(()), Err(source)) => Err(BackupError::File {
+            path: path.to_path_buf(),
+            source,
+        }),
+        (Ok(()), Ok((hash, size, stored_size))) => Ok(Uploaded {
+            hash: hash.to_hex().to_string(),
+            size,
+            stored_size,
+        }),
+    }
 }
 
 /// [`upload_file`] into a local store without a rate limit: the reader thread
@@ -232,24 +299,27 @@ pub async fn hash_file(path: &Path) -> Result<(String, u64), BackupError> {
     })
 }
 
-/// The blocking half: read, hash, maybe compress, send chunks.
+/// The blocking half: read, hash, maybe compress, send chunks (throttled).
 fn read_file(
     path: &PathBuf,
     compression: Compression,
     zstd_level: i32,
     tx: mpsc::Sender<io::Result<Bytes>>,
+    throttle: &Throttle,
     progress: Option<&AtomicU64>,
-) -> io::Result<(blake3::Hash, u64)> {
+) -> io::Result<ReadOutcome> {
     let sink = ChunkSink {
         tx: &tx,
+        throttle,
         buffer: BytesMut::new(),
+        sent: 0,
     };
     let result = read_into(path, compression, zstd_level, sink, progress);
     if let Err(e) = &result {
         // Fail the upload too, so that the store never completes the object.
         let _ = tx.blocking_send(Err(io::Error::new(e.kind(), e.to_string())));
     }
-    result.map(|(hash, size, _)| (hash, size))
+    result.map(|(hash, size, sink)| (hash, size, sink.sent))
 }
 
 /// Reads `path`, hashing it, into `sink` (through zstd or not); gives the
@@ -336,10 +406,13 @@ enum Out<W: Write> {
     Zstd(zstd::stream::Encoder<'static, W>),
 }
 
-/// Collects compressed output into chunks of `CHUNK` bytes for the channel.
+/// Collects (compressed) output into chunks of `CHUNK` bytes for the channel,
+/// each sent once the throttle allows it.
 struct ChunkSink<'a> {
     tx: &'a mpsc::Sender<io::Result<Bytes>>,
+    throttle: &'a Throttle,
     buffer: BytesMut,
+    sent: u64,
 }
 
 impl ChunkSink<'_> {
@@ -347,6 +420,9 @@ impl ChunkSink<'_> {
         if chunk.is_empty() {
             return Ok(());
         }
+        // This is a blocking thread; the limiter's timer needs no runtime.
+        futures::executor::block_on(self.throttle.consume(chunk.len()));
+        self.sent += chunk.len() as u64;
         self.tx
             .blocking_send(Ok(chunk))
             .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the upload stopped"))

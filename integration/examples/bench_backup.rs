@@ -300,12 +300,18 @@ async fn anchises_runs(
         backup_toml(store, Some((moto.endpoint(), bucket.as_str())), false),
     )
     .await;
+    let moto_before = moto.cpu_seconds();
     let (job, run) = timed_job(node, "/v1/backups", json!({})).await;
+    let moto_busy = moto.cpu_seconds() - moto_before;
     out.push(anchises_figures(
         "anchises backup (S3 on moto)",
         &run,
         snapshot_bytes,
-        backup_note(&job),
+        format!(
+            "{}; {}",
+            backup_note(&job),
+            busy_note(moto_busy, run.seconds)
+        ),
     ));
     fresh_sidecar(node, fs_toml).await;
     out
@@ -320,6 +326,7 @@ async fn moto_ceiling(moto: &MotoServer, bytes: u64) -> Figures {
     let body = bytes::Bytes::from((0..PART).map(|i| (i * 31 % 251) as u8).collect::<Vec<u8>>());
     let count = bytes.div_ceil(PART as u64);
     let (_, idle_before) = quiet_and_cold();
+    let moto_before = moto.cpu_seconds();
     let t0 = Instant::now();
     futures::stream::iter(0..count)
         .map(|i| {
@@ -333,14 +340,26 @@ async fn moto_ceiling(moto: &MotoServer, bytes: u64) -> Figures {
         .buffer_unordered(4)
         .collect::<Vec<()>>()
         .await;
+    let seconds = t0.elapsed().as_secs_f64();
     Figures {
         what: "PUTs from memory to moto (ceiling)".into(),
-        seconds: t0.elapsed().as_secs_f64(),
+        seconds,
         bytes: count * PART as u64,
         peak_rss_kib: None,
         tree_peak_rss_kib: None,
-        note: format!("{count} objects of 8 MiB, 4 at a time; idle before {idle_before:.0}%"),
+        note: format!(
+            "{count} objects of 8 MiB, 4 at a time; {}; idle before {idle_before:.0}%",
+            busy_note(moto.cpu_seconds() - moto_before, seconds)
+        ),
     }
+}
+
+/// How long moto, which serves one request at a time, was busy during a run.
+fn busy_note(busy: f64, seconds: f64) -> String {
+    format!(
+        "moto busy {busy:.1} s ({:.0}% of the run)",
+        100.0 * busy / seconds
+    )
 }
 
 /// Incremental pick-up: with incrementals on (a restart, so that Cassandra's
@@ -1192,16 +1211,22 @@ async fn main() {
         ),
     )
     .expect("write medusa ini");
+        let moto_before = moto.cpu_seconds();
         let run = run_measured(
             medusa_cmd(&s3_ini, &["backup-node", "--backup-name", "bench-s3"]),
             &work.join("medusa-backup-s3.log"),
         );
+        let moto_busy = moto.cpu_seconds() - moto_before;
         cold &= run.cold;
         results.push(medusa_figures(
             "medusa backup-node (S3 on moto)",
             &run,
             snapshot_bytes,
-            medusa_summary(&run.log),
+            format!(
+                "{}; {}",
+                medusa_summary(&run.log),
+                busy_note(moto_busy, run.seconds)
+            ),
         ));
     }
 

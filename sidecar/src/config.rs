@@ -210,6 +210,9 @@ pub struct S3Settings {
     pub secret_access_key: Option<String>,
     /// Multipart part size (at least 5 MiB).
     pub part_size: ByteSize,
+    /// Files up to this size that are stored raw go up as one streaming
+    /// PutObject; larger ones as multipart uploads (at most 5 GiB).
+    pub multipart_threshold: ByteSize,
     /// Parts of one upload in flight.
     pub upload_concurrency: usize,
 }
@@ -224,6 +227,7 @@ impl Default for S3Settings {
             access_key_id: None,
             secret_access_key: None,
             part_size: ByteSize::mib(8),
+            multipart_threshold: ByteSize::mib(512),
             upload_concurrency: 3,
         }
     }
@@ -559,6 +563,7 @@ impl Config {
             endpoint: s.endpoint.clone(),
             credentials,
             part_size: s.part_size.as_u64(),
+            multipart_threshold: s.multipart_threshold.as_u64(),
             upload_concurrency: s.upload_concurrency,
             ..anchises_backup::store::S3Config::new(s.bucket.clone())
         })

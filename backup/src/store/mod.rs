@@ -25,7 +25,9 @@ use std::sync::Arc;
 
 use anchises_topology::{CasStore, FsCasStore};
 use bytes::Bytes;
+use futures::future::Either;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio_util::io::{ReaderStream, StreamReader};
 use tokio_util::sync::CancellationToken;
 
 pub use cas::S3CasStore;
@@ -203,10 +205,72 @@ impl ObjectStore {
                 };
                 let mut file = tokio::fs::File::open(path).await.map_err(open_error)?;
                 let size = file.metadata().await.map_err(open_error)?.len();
+                if self.streams_put(size) {
+                    // Each attempt opens the file again.
+                    let open = || async move {
+                        match tokio::fs::File::open(path).await {
+                            Ok(file) => Either::Left(ReaderStream::with_capacity(file, 256 * 1024)),
+                            Err(e) => Either::Right(futures::stream::once(async { Err(e) })),
+                        }
+                    };
+                    return self.put_stream(key, size, open).await.map(|()| size);
+                }
                 let part_size = multipart::part_size_for(s3.part_size, Some(size));
                 multipart::upload(s3, &self.attempts, key, &mut file, part_size).await
             }
         }
+    }
+
+    /// Whether [`ObjectStore::put_stream`] sends an object of `size` bytes as
+    /// one request that streams it (S3, up to `multipart_threshold`), so that
+    /// nothing of it is buffered.
+    pub fn streams_put(&self, size: u64) -> bool {
+        match &self.backend {
+            Backend::Fs(_) => false,
+            Backend::S3(s3) => size <= s3.multipart_threshold,
+        }
+    }
+
+    /// Uploads an object of exactly `size` bytes. Each attempt calls `body` for
+    /// a fresh stream of the bytes (after the previous attempt's stream was
+    /// dropped); the stream must yield `size` bytes or end with an error. On S3
+    /// it is one streaming PutObject (see [`ObjectStore::streams_put`]); on the
+    /// filesystem the temp file is written from it.
+    pub async fn put_stream<F, Fut, S>(
+        &self,
+        key: &ObjectKey,
+        size: u64,
+        mut body: F,
+    ) -> Result<(), StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = S>,
+        S: futures::Stream<Item = std::io::Result<Bytes>> + Send + Sync + 'static,
+    {
+        self.attempts
+            .run("put", key.as_str(), || {
+                let stream = body();
+                async move {
+                    let stream = stream.await;
+                    match &self.backend {
+                        Backend::Fs(fs) => {
+                            let mut reader = StreamReader::new(Box::pin(stream));
+                            let written = fs.put_reader(key, &mut reader).await?;
+                            if written != size {
+                                fs.delete(key).await?;
+                                return Err(StoreError::permanent(
+                                    "put",
+                                    key.as_str(),
+                                    format!("{written} bytes given for an object of {size}"),
+                                ));
+                            }
+                            Ok(())
+                        }
+                        Backend::S3(s3) => s3.put_stream(key, size, stream).await,
+                    }
+                }
+            })
+            .await
     }
 
     /// Uploads everything `reader` yields; returns the byte count. The reader

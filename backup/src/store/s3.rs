@@ -22,6 +22,8 @@ use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 use aws_sdk_s3::Client;
 use aws_smithy_http_client::tls;
 use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use http_body::Frame;
 
 use super::{ListedObject, ObjectKey, ObjectMeta, StoreError};
 
@@ -29,6 +31,8 @@ use super::{ListedObject, ObjectKey, ObjectMeta, StoreError};
 const DELETE_BATCH: usize = 1000;
 /// S3's minimum size of every part of a multipart upload but the last.
 pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
+/// S3's largest object in one PutObject.
+const MAX_PUT_SIZE: u64 = 5 * 1024 * 1024 * 1024;
 
 /// Where and how to reach the bucket.
 #[derive(Debug, Clone)]
@@ -47,6 +51,11 @@ pub struct S3Config {
     /// Size of each part of a multipart upload; objects no larger go up in one
     /// PutObject. At least 5 MiB (an S3 limit).
     pub part_size: u64,
+    /// Objects whose size is known before they are sent (raw files) and is at
+    /// most this go up as one streaming PutObject, however much larger than a
+    /// part: one request, and no part buffers. Larger ones are multipart
+    /// uploads. At most 5 GiB (an S3 limit).
+    pub multipart_threshold: u64,
     /// Parts of one upload in flight at once; memory is bounded by
     /// `(upload_concurrency + 1) * part_size`.
     pub upload_concurrency: usize,
@@ -64,6 +73,7 @@ impl S3Config {
             endpoint: None,
             credentials: None,
             part_size: 16 * 1024 * 1024,
+            multipart_threshold: 512 * 1024 * 1024,
             upload_concurrency: 4,
             connect_timeout: Duration::from_secs(5),
             read_timeout: Duration::from_secs(60),
@@ -78,6 +88,12 @@ impl S3Config {
             return Err(format!(
                 "s3 part size {} is below the 5 MiB minimum of s3",
                 self.part_size
+            ));
+        }
+        if self.multipart_threshold > MAX_PUT_SIZE {
+            return Err(format!(
+                "s3 multipart threshold {} is above the 5 GiB limit of a single s3 upload",
+                self.multipart_threshold
             ));
         }
         if self.upload_concurrency == 0 {
@@ -114,6 +130,7 @@ pub(crate) struct S3Backend {
     /// `""` or `"some/prefix/"`.
     prefix: String,
     pub(super) part_size: u64,
+    pub(super) multipart_threshold: u64,
     pub(super) upload_concurrency: usize,
 }
 
@@ -169,6 +186,7 @@ impl S3Backend {
             bucket: config.bucket.clone(),
             prefix,
             part_size: config.part_size,
+            multipart_threshold: config.multipart_threshold,
             upload_concurrency: config.upload_concurrency,
         })
     }
@@ -197,6 +215,30 @@ impl S3Backend {
             .key(self.full_key(key))
             .content_length(body.len() as i64)
             .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| classify("put", key.as_str(), e))?;
+        Ok(())
+    }
+
+    /// One PutObject of exactly `size` bytes whose body streams from `body`
+    /// (sent with `UNSIGNED-PAYLOAD`: the SDK signs only bodies in memory).
+    pub(crate) async fn put_stream<S>(
+        &self,
+        key: &ObjectKey,
+        size: u64,
+        body: S,
+    ) -> Result<(), StoreError>
+    where
+        S: Stream<Item = std::io::Result<Bytes>> + Send + Sync + 'static,
+    {
+        let body = http_body_util::StreamBody::new(body.map(|chunk| chunk.map(Frame::data)));
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .content_length(size as i64)
+            .body(ByteStream::from_body_1_x(body))
             .send()
             .await
             .map_err(|e| classify("put", key.as_str(), e))?;

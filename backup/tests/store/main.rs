@@ -43,6 +43,7 @@ object_store_suite!(
     many_objects_list_across_pages_and_delete_in_batches,
     delete_removes_the_object_and_a_missing_one_is_fine,
     large_objects_stream_up_in_parts_and_back_down,
+    files_up_to_the_threshold_go_up_in_one_streamed_put,
     keys_that_escape_the_root_are_rejected,
     uploading_a_missing_file_fails_without_retries,
 );

@@ -125,6 +125,46 @@ async fn multipart_parts_are_retried_one_by_one_without_rereading_the_source() {
     assert!(store.get(&key("big")).await.unwrap() == value);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_put_is_retried_with_a_fresh_stream() {
+    // The first attempt fails before it is sent, the second after S3 took it
+    // (its answer lost): the third stores the object again from a new stream.
+    let faults = Arc::new(Faults::fail_first(1).only("put"));
+    let store = s3_with(&faults).await;
+    let value = Bytes::from(
+        (0..7 * 1024 * 1024)
+            .map(|i: u32| (i % 253) as u8)
+            .collect::<Vec<_>>(),
+    );
+    let streams = std::sync::atomic::AtomicU32::new(0);
+    store
+        .put_stream(&key("streamed"), value.len() as u64, || {
+            streams.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let body = value.clone();
+            async move { futures::stream::iter([Ok(body)]) }
+        })
+        .await
+        .unwrap();
+    assert_eq!((faults.attempts(), faults.injected()), (2, 1));
+    assert_eq!(streams.load(std::sync::atomic::Ordering::Relaxed), 2);
+    assert!(store.get(&key("streamed")).await.unwrap() == value);
+
+    let lost = Arc::new(Faults::fail_first(1).after_request().only("put"));
+    let store = s3_with(&lost).await;
+    streams.store(0, std::sync::atomic::Ordering::Relaxed);
+    store
+        .put_stream(&key("lost"), value.len() as u64, || {
+            streams.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let body = value.clone();
+            async move { futures::stream::iter([Ok(body)]) }
+        })
+        .await
+        .unwrap();
+    assert_eq!((lost.attempts(), lost.injected()), (2, 1));
+    assert_eq!(streams.load(std::sync::atomic::Ordering::Relaxed), 2);
+    assert!(store.get(&key("lost")).await.unwrap() == value);
+}
+
 #[tokio::test]
 async fn cancellation_stops_a_request_that_is_waiting_to_retry() {
     let faults = Arc::new(Faults::fail_first(100));

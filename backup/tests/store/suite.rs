@@ -261,6 +261,77 @@ pub async fn large_objects_stream_up_in_parts_and_back_down(store: ObjectStore) 
     );
 }
 
+pub async fn files_up_to_the_threshold_go_up_in_one_streamed_put(store: ObjectStore) {
+    // Above one part (5 MiB), below the test threshold of two.
+    let value = pattern(7 * 1024 * 1024 + 3, 5);
+    let size = value.len() as u64;
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("source.db");
+    std::fs::write(&source, &value).unwrap();
+    assert_eq!(store.streams_put(size), store.is_s3());
+
+    let from_file = key("streamed/from-file");
+    assert_eq!(store.put_file(&from_file, &source).await.unwrap(), size);
+    let meta = store.head(&from_file).await.unwrap();
+    assert_eq!(meta.size, size);
+    if store.is_s3() {
+        assert!(
+            !meta.etag.contains('-'),
+            "a multipart etag for a streamed put: {}",
+            meta.etag
+        );
+    }
+    assert!(store.get(&from_file).await.unwrap() == value, "get differs");
+
+    // A stream in chunks of odd sizes.
+    let chunks: Vec<std::io::Result<Bytes>> = value
+        .chunks(100_003)
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
+    let from_stream = key("streamed/from-stream");
+    store
+        .put_stream(&from_stream, size, || {
+            let chunks = chunks
+                .iter()
+                .map(|c| Ok(c.as_ref().unwrap().clone()))
+                .collect::<Vec<_>>();
+            async move { futures::stream::iter(chunks) }
+        })
+        .await
+        .unwrap();
+    assert!(
+        store.get(&from_stream).await.unwrap() == value,
+        "streamed put differs"
+    );
+
+    // A stream that ends short of its size, or fails, stores nothing.
+    let short = key("streamed/short");
+    let error = store
+        .put_stream(&short, size, || async {
+            futures::stream::iter(vec![Ok(Bytes::from_static(b"not all of it"))])
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        store.get(&short).await.unwrap_err().is_not_found(),
+        "a short stream was stored ({error})"
+    );
+    let failed = key("streamed/failed");
+    let error = store
+        .put_stream(&failed, size, || async {
+            futures::stream::iter(vec![
+                Ok(Bytes::from_static(b"some bytes, then")),
+                Err(std::io::Error::other("the source broke")),
+            ])
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        store.get(&failed).await.unwrap_err().is_not_found(),
+        "a failed stream was stored ({error})"
+    );
+}
+
 pub async fn keys_that_escape_the_root_are_rejected(store: ObjectStore) {
     for bad in [
         "",
