@@ -416,6 +416,8 @@ pub struct TestControl {
     pub dir: PathBuf,
     child: Option<Child>,
     http: reqwest::Client,
+    port: u16,
+    first_octet: u8,
 }
 
 impl TestControl {
@@ -425,31 +427,72 @@ impl TestControl {
         kill_jvms_under(&dir);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("control dir");
-        let log = std::fs::File::create(dir.join("control.log")).expect("control log");
+        let mut control = TestControl {
+            url: format!("http://127.0.0.1:{port}"),
+            dir,
+            child: None,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("http client"),
+            port,
+            first_octet,
+        };
+        control.spawn().await;
+        control
+    }
+
+    /// Starts `anchises control` on this directory and waits for its API.
+    async fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("control.log"))
+            .expect("control log");
         let child = Command::new(anchises_bin())
-            .args(["control", "--listen", &format!("127.0.0.1:{port}")])
-            .args(["--first-address", &first_octet.to_string(), "--data-dir"])
-            .arg(&dir)
+            .args(["control", "--listen", &format!("127.0.0.1:{}", self.port)])
+            .args([
+                "--first-address",
+                &self.first_octet.to_string(),
+                "--data-dir",
+            ])
+            .arg(&self.dir)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)
             .spawn()
             .expect("spawn anchises control");
-        let control = TestControl {
-            url: format!("http://127.0.0.1:{port}"),
-            dir,
-            child: Some(child),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .expect("http client"),
-        };
+        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
-        while control.get("/v1/health").await.0 != 200 {
+        while self.get("/v1/health").await.0 != 200 {
             assert!(Instant::now() < deadline, "control plane did not come up");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        control
+    }
+
+    /// Stops the control plane (SIGTERM: it stops its nodes, which drain) and
+    /// starts it again on the same directory: it starts the recorded nodes
+    /// again, with their slots, tokens and data. Returns once its API answers
+    /// (the nodes take longer).
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.spawn().await;
+    }
+
+    /// SIGTERM, then waits (≤ 200 s, then SIGKILL) for the control plane to exit.
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(200);
+            while !matches!(child.try_wait(), Ok(Some(_))) {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
@@ -515,18 +558,7 @@ fn kill_jvms_under(dir: &Path) {
 
 impl Drop for TestControl {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(200);
-            while !matches!(child.try_wait(), Ok(Some(_))) {
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        }
+        self.stop();
         kill_jvms_under(&self.dir);
         if std::thread::panicking() {
             eprintln!("test failed; control plane left in {}", self.dir.display());

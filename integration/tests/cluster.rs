@@ -10,7 +10,7 @@ use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn one_request_creates_a_three_node_cluster_with_the_computed_tokens() {
-    let control = TestControl::start("create", 7981, 110).await;
+    let mut control = TestControl::start("create", 7981, 110).await;
     let (status, location, created) = control
         .request(
             "POST",
@@ -406,6 +406,65 @@ async fn one_request_creates_a_three_node_cluster_with_the_computed_tokens() {
     assert_eq!(status, 200, "{part}");
     assert_eq!(part["scope"], "node", "{part}");
     assert_eq!(part["state"], "done", "{part}");
+    assert_eq!(count_at(third, "shop.orders", Consistency::All).await, 50);
+
+    // The asking node's sidecar stops mid-restore (with the whole control
+    // plane, which stops its nodes and starts them again): the restarted
+    // sidecar coordinates the restore again, the nodes finish their parts, and
+    // the request and the statuses are removed as usual.
+    cql(first)
+        .await
+        .query_unpaged("TRUNCATE shop.orders", ())
+        .await
+        .unwrap();
+    let (status, _, started) =
+        restore(serde_json::json!({"scope": "cluster", "keyspaces": ["shop"]})).await;
+    assert_eq!(status, 202, "{started}");
+    let adopted_id = started["id"].as_str().unwrap().to_string();
+    let request_file = control.dir.join(format!(
+        "backups/orders/restores/requests/{adopted_id}.json"
+    ));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !request_file.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no request in the store"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    control.restart().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(400);
+    let shown = loop {
+        let (status, _, shown) = send_raw(
+            &http,
+            &api,
+            "GET",
+            &format!("/v1/restores/{adopted_id}"),
+            None,
+        )
+        .await;
+        if status == 200 && shown["scope"] == "cluster" && shown["state"] != "running" {
+            break shown;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the restarted sidecar does not show the cluster restore as ended: {status} {shown}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    assert_eq!(shown["state"], "done", "{shown}");
+    let parts = shown["nodes"].as_array().unwrap();
+    assert_eq!(parts.len(), 3, "{shown}");
+    assert!(parts.iter().all(|p| p["state"] == "done"), "{shown}");
+    assert!(!request_file.exists(), "the request is removed");
+    assert_eq!(
+        files_under(
+            &control
+                .dir
+                .join(format!("backups/orders/restores/status/{adopted_id}"))
+        ),
+        Vec::<String>::new(),
+    );
     assert_eq!(count_at(third, "shop.orders", Consistency::All).await, 50);
 
     // Delete stops every node and forgets the cluster.

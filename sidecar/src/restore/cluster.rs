@@ -24,8 +24,7 @@ use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    finish, forward_cancel, new_id, CreateRestore, PlanView, RestoreState, Restores, Run,
-    SchemaCheck, Shared,
+    finish, new_id, CreateRestore, PlanView, RestoreState, Restores, Run, SchemaCheck, Shared,
 };
 // Polling, pick-up timeout and request lifetime as for cluster backups.
 use crate::backup::cluster::{
@@ -42,6 +41,33 @@ struct Request {
     /// What each node restores (scope node, the point resolved).
     request: CreateRestore,
     nodes: Vec<Target>,
+    /// The node that follows the parts; after a restart of its sidecar it
+    /// takes the restore up again (absent in requests of older versions).
+    #[serde(default)]
+    coordinator: Option<SlotRef>,
+    /// The restore as it was asked (scope cluster), for the API.
+    #[serde(default)]
+    asked: Option<CreateRestore>,
+}
+
+/// What a coordinating job does: the whole restore, or (after a restart of
+/// the coordinator's sidecar) following one whose request is in the store.
+enum Coordination {
+    Plan(ClusterPlan),
+    Follow(Request),
+}
+
+/// What ends a coordination early: a cancel (the restore ends for every node)
+/// or the sidecar's shutdown (the nodes go on; see [`Restores::adopt`]).
+struct Stops {
+    cancel: CancellationToken,
+    shutdown: CancellationToken,
+}
+
+impl Stops {
+    fn fired(&self) -> bool {
+        self.cancel.is_cancelled() || self.shutdown.is_cancelled()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -271,15 +297,39 @@ impl Restores {
             )));
         }
         let id = new_id();
+        let job = self.coordinate_job(
+            &id,
+            req,
+            OffsetDateTime::now_utc(),
+            plan.targets.iter().map(|(t, _)| pending(t)).collect(),
+            Coordination::Plan(plan),
+        )?;
+        Ok((id, job))
+    }
+
+    /// Starts the job that coordinates cluster restore `id` and records its run.
+    fn coordinate_job(
+        self: &Arc<Self>,
+        id: &str,
+        asked: CreateRestore,
+        started_at: OffsetDateTime,
+        nodes: Vec<NodePart>,
+        work: Coordination,
+    ) -> Result<Job, StartError> {
+        let phase = match work {
+            Coordination::Plan(_) => "schema",
+            Coordination::Follow(_) => "restore",
+        };
         let shared = Arc::new(Mutex::new(Shared {
-            phase: "schema".into(),
+            phase: phase.into(),
             state: Some(RestoreState::Running),
-            nodes: Some(plan.targets.iter().map(|(t, _)| pending(t)).collect()),
+            nodes: Some(nodes),
             ..Shared::default()
         }));
         let cancel = CancellationToken::new();
         let this = self.clone();
-        let (job_shared, job_cancel, job_id) = (shared.clone(), cancel.clone(), id.clone());
+        let (job_shared, job_cancel, job_id) = (shared.clone(), cancel.clone(), id.to_string());
+        let coordinator_asked = asked.clone();
         let job = self
             .backups
             .jobs
@@ -287,34 +337,74 @@ impl Restores {
                 "restore-cluster",
                 "restore.cluster",
                 move |job_token| async move {
-                    forward_cancel(job_token, job_cancel.clone());
-                    let outcome = this
-                        .coordinate(&job_id, plan, &job_shared, &job_cancel)
-                        .await;
+                    // A job's token fires when the sidecar shuts down: the
+                    // coordination stops and leaves the request to the nodes,
+                    // and the restarted sidecar takes it up again. A cancel
+                    // asked for withdraws the request.
+                    let stops = Stops {
+                        cancel: job_cancel.clone(),
+                        shutdown: job_token,
+                    };
+                    let outcome = match work {
+                        Coordination::Plan(plan) => {
+                            this.coordinate(&job_id, coordinator_asked, plan, &job_shared, &stops)
+                                .await
+                        }
+                        Coordination::Follow(request) => {
+                            this.follow(&request, &job_shared, &stops).await
+                        }
+                    };
                     job_shared.lock().expect("restore lock").phase = "done".into();
                     finish(&job_shared, outcome)
                 },
             )
             .map_err(StartError::Conflict)?;
         self.runs.lock().expect("runs lock").push(Run {
-            id: id.clone(),
+            id: id.to_string(),
             scope: Scope::Cluster,
             job: job.id,
-            started_at: OffsetDateTime::now_utc(),
-            request: req,
+            started_at,
+            request: asked,
             cancel,
             progress: Default::default(),
             shared,
         });
-        Ok((id, job))
+        Ok(job)
+    }
+
+    /// Takes up a cluster restore this node coordinated before its sidecar
+    /// restarted: follows the nodes' parts to the end, as if it had not.
+    fn adopt(self: &Arc<Self>, request: Request) -> Result<Job, StartError> {
+        let asked = request.asked.clone().unwrap_or_else(|| CreateRestore {
+            scope: Scope::Cluster,
+            ..request.request.clone()
+        });
+        let nodes = request.nodes.iter().map(pending).collect();
+        self.coordinate_job(
+            &request.id.clone(),
+            asked,
+            request.requested_at,
+            nodes,
+            Coordination::Follow(request),
+        )
+    }
+
+    /// Whether this sidecar has coordinated (or is coordinating) restore `id`.
+    fn coordinates(&self, id: &str) -> bool {
+        self.runs
+            .lock()
+            .expect("runs lock")
+            .iter()
+            .any(|r| r.id == id && r.scope == Scope::Cluster)
     }
 
     async fn coordinate(
         &self,
         id: &str,
+        asked: CreateRestore,
         plan: ClusterPlan,
         shared: &Mutex<Shared>,
-        cancel: &CancellationToken,
+        stops: &Stops,
     ) -> Result<Value, BackupError> {
         let cluster = self
             .cluster_backups()
@@ -341,20 +431,41 @@ impl Restores {
                     })?;
             }
         }
+        if stops.fired() {
+            return Err(BackupError::Cancelled);
+        }
         shared.lock().expect("restore lock").phase = "restore".into();
-        let targets: Vec<Target> = plan.targets.iter().map(|(t, _)| t.clone()).collect();
         let request = Request {
             id: id.to_string(),
             requested_at: OffsetDateTime::now_utc(),
             request: plan.node_request.clone(),
-            nodes: targets.clone(),
+            nodes: plan.targets.iter().map(|(t, _)| t.clone()).collect(),
+            coordinator: Some(self.backups.slot().clone()),
+            asked: Some(asked),
         };
+        put_json(store, &request_key(cluster.cluster(), id)?, &request).await?;
+        self.follow(&request, shared, stops).await
+    }
+
+    /// Follows the nodes' parts of a requested cluster restore until each has
+    /// ended (or has not started in time); then removes the request and the
+    /// nodes' statuses and sums up.
+    async fn follow(
+        &self,
+        request: &Request,
+        shared: &Mutex<Shared>,
+        stops: &Stops,
+    ) -> Result<Value, BackupError> {
+        let cluster = self
+            .cluster_backups()
+            .map_err(|e| BackupError::Invalid(e.to_string()))?;
+        let store = cluster.store();
+        let (id, targets) = (request.id.as_str(), &request.nodes);
         let key = request_key(cluster.cluster(), id)?;
-        put_json(store, &key, &request).await?;
         let started = tokio::time::Instant::now();
         let parts = loop {
             let mut parts = Vec::with_capacity(targets.len());
-            for t in &targets {
+            for t in targets {
                 let part = get_json::<NodePart>(store, &status_key(id, &t.slot)?).await?;
                 parts.push(part.unwrap_or_else(|| pending(t)));
             }
@@ -369,11 +480,12 @@ impl Restores {
             }
             tokio::select! {
                 _ = tokio::time::sleep(POLL) => {}
-                _ = cancel.cancelled() => {
+                _ = stops.cancel.cancelled() => {
                     // The nodes see their request gone and stop their parts.
                     store.delete(&key).await?;
                     return Err(BackupError::Cancelled);
                 }
+                _ = stops.shutdown.cancelled() => return Err(BackupError::Cancelled),
             }
         };
         store.delete(&key).await?;
@@ -449,6 +561,16 @@ impl Restores {
                 continue;
             };
             let id = request.id.clone();
+            if request.coordinator.as_ref() == Some(&me) && !self.coordinates(&id) {
+                match self.adopt(request.clone()) {
+                    Ok(job) => {
+                        tracing::info!(restore = %id, job = %job.id, "coordinating the cluster restore again after a restart")
+                    }
+                    Err(e) => {
+                        tracing::warn!(restore = %id, error = %e, "cannot take up coordinating the cluster restore")
+                    }
+                }
+            }
             let Some(target) = request.nodes.iter().find(|n| n.slot == me) else {
                 continue;
             };
@@ -487,6 +609,11 @@ impl Restores {
                 Err(StartError::Conflict(c)) => {
                     tracing::info!(restore = %id, running = %c.running.id, "cluster restore request waits for a running backup or restore");
                 }
+                // Cassandra not answering yet (a sidecar that just started):
+                // the next look tries again.
+                Err(StartError::Busy(why)) => {
+                    tracing::info!(restore = %id, %why, "cluster restore request waits for cassandra");
+                }
                 Err(e) => {
                     handled.lock().expect("handled lock").insert(id.clone());
                     let part = NodePart {
@@ -517,6 +644,12 @@ impl Restores {
             let Some(view) = self.show_scoped(&id, Scope::Node) else {
                 return;
             };
+            if view.state == RestoreState::Cancelled && stop.is_cancelled() {
+                // Stopped by this sidecar's shutdown, not by a cancel: the
+                // status stays running for the next sidecar to continue.
+                handled.lock().expect("handled lock").remove(&id);
+                return;
+            }
             let part = NodePart {
                 slot: target.slot.clone(),
                 address: target.address.clone(),
