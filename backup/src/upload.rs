@@ -173,7 +173,8 @@ async fn upload_streamed(
         Some(handle) => handle
             .await
             .map_err(|e| BackupError::Internal(format!("reader thread: {e}")))?,
-        // No attempt was made (cancelled before the first).
+        // No attempt got as far as reading the file (each failed before it
+        // was sent, or the store's work was cancelled).
         None => return Err(put.err().map(Into::into).unwrap_or(BackupError::Cancelled)),
     };
     finish_upload(path, put, read)

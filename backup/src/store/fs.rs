@@ -70,17 +70,19 @@ impl FsBackend {
     }
 
     /// Writes `reader` to a temp file and renames it over `key`; the temp file
-    /// is removed if anything fails.
+    /// is removed if anything fails, or if `expected` is given and the reader
+    /// yields another number of bytes.
     pub(crate) async fn put_reader<R>(
         &self,
         key: &ObjectKey,
         reader: &mut R,
+        expected: Option<u64>,
     ) -> Result<u64, StoreError>
     where
         R: AsyncRead + Unpin + Send + ?Sized,
     {
         let temp = self.temp_path();
-        let result = self.write_and_rename(key, &temp, reader).await;
+        let result = self.write_and_rename(key, &temp, reader, expected).await;
         if result.is_err() {
             let _ = tokio::fs::remove_file(&temp).await;
         }
@@ -92,6 +94,7 @@ impl FsBackend {
         key: &ObjectKey,
         temp: &Path,
         reader: &mut R,
+        expected: Option<u64>,
     ) -> Result<u64, StoreError>
     where
         R: AsyncRead + Unpin + Send + ?Sized,
@@ -103,6 +106,13 @@ impl FsBackend {
         let size = tokio::io::copy_buf(&mut reader, &mut file)
             .await
             .map_err(io)?;
+        if let Some(expected) = expected.filter(|&e| e != size) {
+            return Err(StoreError::permanent(
+                "put",
+                key.as_str(),
+                format!("{size} bytes given for an object of {expected}"),
+            ));
+        }
         file.sync_all().await.map_err(io)?;
         drop(file);
         let target = self.path(key);
@@ -120,7 +130,9 @@ impl FsBackend {
     }
 
     pub(crate) async fn put(&self, key: &ObjectKey, body: &Bytes) -> Result<(), StoreError> {
-        self.put_reader(key, &mut body.as_ref()).await.map(drop)
+        self.put_reader(key, &mut body.as_ref(), None)
+            .await
+            .map(drop)
     }
 
     pub(crate) async fn put_file(&self, key: &ObjectKey, source: &Path) -> Result<u64, StoreError> {
@@ -131,7 +143,7 @@ impl FsBackend {
                 format!("cannot open {}: {e}", source.display()),
             )
         })?;
-        self.put_reader(key, &mut file).await
+        self.put_reader(key, &mut file, None).await
     }
 
     pub(crate) async fn get(&self, key: &ObjectKey) -> Result<Bytes, StoreError> {

@@ -255,16 +255,7 @@ impl ObjectStore {
                     match &self.backend {
                         Backend::Fs(fs) => {
                             let mut reader = StreamReader::new(Box::pin(stream));
-                            let written = fs.put_reader(key, &mut reader).await?;
-                            if written != size {
-                                fs.delete(key).await?;
-                                return Err(StoreError::permanent(
-                                    "put",
-                                    key.as_str(),
-                                    format!("{written} bytes given for an object of {size}"),
-                                ));
-                            }
-                            Ok(())
+                            fs.put_reader(key, &mut reader, Some(size)).await.map(drop)
                         }
                         Backend::S3(s3) => s3.put_stream(key, size, stream).await,
                     }
@@ -289,7 +280,7 @@ impl ObjectStore {
         match &self.backend {
             Backend::Fs(fs) => {
                 self.attempts
-                    .once("put", key.as_str(), fs.put_reader(key, reader))
+                    .once("put", key.as_str(), fs.put_reader(key, reader, None))
                     .await
             }
             Backend::S3(s3) => {

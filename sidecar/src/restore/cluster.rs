@@ -13,6 +13,7 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anchises_backup::files::ProgressView;
 use anchises_backup::manifest::{BackupId, SlotRef};
@@ -89,6 +90,44 @@ pub struct NodePart {
     pub progress: ProgressView,
     pub imported_tables: Vec<String>,
     pub error: Option<String>,
+    /// When the node last wrote this (absent from older versions' statuses).
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub updated_at: Option<OffsetDateTime>,
+}
+
+/// A running part whose node has not reported for this long is given up: its
+/// sidecar stopped mid-part and has not come back (a sidecar that restarts
+/// reports again within seconds, while it waits for Cassandra too).
+const SILENT_AFTER: Duration = Duration::from_secs(120);
+
+impl NodePart {
+    /// Whether the coordinator goes on waiting for this part, `waited` after
+    /// it wrote the request.
+    fn awaited(&self, waited: Duration, now: OffsetDateTime) -> bool {
+        match self.state {
+            RestoreState::Pending => waited < PICKUP_TIMEOUT,
+            RestoreState::Running => self.updated_at.is_none_or(|t| now - t < SILENT_AFTER),
+            _ => false,
+        }
+    }
+
+    /// Why a part that the coordinator stopped waiting for did not finish.
+    fn why_unfinished(&self) -> String {
+        match (self.state, &self.error) {
+            (RestoreState::Pending, _) => format!(
+                "did not start its part within {}s (is its sidecar running?)",
+                PICKUP_TIMEOUT.as_secs()
+            ),
+            (RestoreState::Running, _) => format!(
+                "stopped reporting its part{} (is its sidecar running?)",
+                self.updated_at
+                    .map(|t| format!(" at {t}"))
+                    .unwrap_or_default()
+            ),
+            (_, Some(e)) => e.clone(),
+            (state, None) => format!("{state:?}").to_lowercase(),
+        }
+    }
 }
 
 fn request_key(cluster: &str, id: &str) -> Result<ObjectKey, StoreError> {
@@ -469,11 +508,8 @@ impl Restores {
                 let part = get_json::<NodePart>(store, &status_key(id, &t.slot)?).await?;
                 parts.push(part.unwrap_or_else(|| pending(t)));
             }
-            let waiting = parts.iter().any(|p| match p.state {
-                RestoreState::Pending => started.elapsed() < PICKUP_TIMEOUT,
-                RestoreState::Running => true,
-                _ => false,
-            });
+            let now = OffsetDateTime::now_utc();
+            let waiting = parts.iter().any(|p| p.awaited(started.elapsed(), now));
             shared.lock().expect("restore lock").nodes = Some(parts.clone());
             if !waiting {
                 break parts;
@@ -499,17 +535,7 @@ impl Restores {
         let failures: Vec<String> = parts
             .iter()
             .filter(|p| p.state != RestoreState::Done)
-            .map(|p| {
-                let why = match (p.state, &p.error) {
-                    (RestoreState::Pending, _) => format!(
-                        "did not start its part within {}s (is its sidecar running?)",
-                        PICKUP_TIMEOUT.as_secs()
-                    ),
-                    (_, Some(e)) => e.clone(),
-                    (state, None) => format!("{state:?}").to_lowercase(),
-                };
-                format!("{} ({}): {why}", p.slot.label(), p.address)
-            })
+            .map(|p| format!("{} ({}): {}", p.slot.label(), p.address, p.why_unfinished()))
             .collect();
         if !failures.is_empty() {
             return Err(BackupError::Invalid(format!(
@@ -613,6 +639,15 @@ impl Restores {
                 // the next look tries again.
                 Err(StartError::Busy(why)) => {
                     tracing::info!(restore = %id, %why, "cluster restore request waits for cassandra");
+                    // A part this node had started says it is still alive.
+                    if let Some(part) = reported.filter(|p| p.state == RestoreState::Running) {
+                        let waiting = NodePart {
+                            phase: "waiting for cassandra".into(),
+                            updated_at: Some(OffsetDateTime::now_utc()),
+                            ..part
+                        };
+                        put_json(store, &key, &waiting).await?;
+                    }
                 }
                 Err(e) => {
                     handled.lock().expect("handled lock").insert(id.clone());
@@ -659,6 +694,7 @@ impl Restores {
                 progress: view.progress.clone(),
                 imported_tables: view.imported_tables.clone(),
                 error: view.error.clone(),
+                updated_at: Some(OffsetDateTime::now_utc()),
             };
             if let Err(e) = put_json(store, &key, &part).await {
                 tracing::warn!(restore = %id, error = %e, "cannot report the restore's state");
@@ -691,5 +727,56 @@ fn pending(t: &Target) -> NodePart {
         progress: ProgressView::default(),
         imported_tables: Vec::new(),
         error: None,
+        updated_at: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(state: RestoreState, updated_secs_ago: Option<i64>, now: OffsetDateTime) -> NodePart {
+        NodePart {
+            state,
+            updated_at: updated_secs_ago.map(|s| now - time::Duration::seconds(s)),
+            ..pending(&Target {
+                slot: SlotRef {
+                    cluster: "orders".into(),
+                    dc: "dc1".into(),
+                    slot: 1,
+                },
+                address: "10.0.0.2".into(),
+            })
+        }
+    }
+
+    #[test]
+    fn the_coordinator_waits_for_live_parts_only() {
+        let now = OffsetDateTime::now_utc();
+        let early = Duration::from_secs(5);
+        let late = PICKUP_TIMEOUT + Duration::from_secs(1);
+        // Not started: waited for until the pick-up timeout.
+        assert!(part(RestoreState::Pending, None, now).awaited(early, now));
+        assert!(!part(RestoreState::Pending, None, now).awaited(late, now));
+        // Running: as long as its node reports.
+        assert!(part(RestoreState::Running, Some(3), now).awaited(late, now));
+        let silent = part(RestoreState::Running, Some(121), now);
+        assert!(!silent.awaited(early, now));
+        assert!(
+            silent
+                .why_unfinished()
+                .starts_with("stopped reporting its part at "),
+            "{}",
+            silent.why_unfinished()
+        );
+        // A status from a version that did not write the time: never silent.
+        assert!(part(RestoreState::Running, None, now).awaited(late, now));
+        for ended in [
+            RestoreState::Done,
+            RestoreState::Failed,
+            RestoreState::Cancelled,
+        ] {
+            assert!(!part(ended, Some(0), now).awaited(early, now));
+        }
     }
 }
