@@ -19,7 +19,7 @@ use crate::index::{Journal, StoredIndex};
 use crate::layout;
 use crate::manifest::{Compression, FileEntry, SlotRef, Totals};
 use crate::store::ObjectStore;
-use crate::upload::{hash_file, upload_file, Throttle};
+use crate::upload::{hash_file, streamed, upload_file, Throttle};
 
 /// A file to store: where it is and which table it belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -420,8 +420,9 @@ impl FileStorer<'_> {
             .sstable_key(&file.keyspace, &file.table_dir, &object)?;
         // A large file holds the store's part buffers, unless the store takes
         // it as one streamed request.
-        let streamed = compression == Compression::None && self.store.streams_put(file.size);
-        let _permit = if file.size >= self.settings.large_file && !streamed {
+        let _permit = if file.size >= self.settings.large_file
+            && !streamed(self.store, compression, file.size)
+        {
             Some(large.acquire().await.expect("never closed"))
         } else {
             None

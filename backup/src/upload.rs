@@ -96,26 +96,14 @@ pub async fn upload_file(
             source,
         })?
         .len();
-    if compression == Compression::None && store.streams_put(size) {
+    if streamed(store, compression, size) {
         return upload_streamed(store, key, path, size, throttle, progress).await;
     }
-    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(CHANNEL);
     // An upper bound of what is stored (zstd's worst case adds well under 1 %),
     // so that the store can size multipart parts for a huge file.
     let size_hint = Some(size + size / 100 + CHUNK as u64);
-    let source = path.to_path_buf();
-    let throttle = throttle.clone();
-    let reader = tokio::task::spawn_blocking(move || {
-        read_file(
-            &source,
-            compression,
-            zstd_level,
-            tx,
-            &throttle,
-            progress.as_deref(),
-        )
-    });
-    let mut body = StreamReader::new(chunks(rx));
+    let (reader, chunks) = spawn_reader(path, compression, zstd_level, throttle, progress);
+    let mut body = StreamReader::new(chunks);
     let put = store.put_reader(key, &mut body, size_hint).await;
     drop(body);
     let read = reader
@@ -139,8 +127,6 @@ async fn upload_streamed(
     let reader = &reader;
     let put = store
         .put_stream(key, size, || {
-            let source = path.to_path_buf();
-            let throttle = throttle.clone();
             let progress = progress.clone();
             async move {
                 // A failed attempt's reader stops once its body is dropped;
@@ -152,19 +138,9 @@ async fn upload_streamed(
                 if let Some(p) = &progress {
                     p.store(0, Ordering::Relaxed);
                 }
-                let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(CHANNEL);
-                let handle = tokio::task::spawn_blocking(move || {
-                    read_file(
-                        &source,
-                        Compression::None,
-                        0,
-                        tx,
-                        &throttle,
-                        progress.as_deref(),
-                    )
-                });
+                let (handle, chunks) = spawn_reader(path, Compression::None, 0, throttle, progress);
                 *reader.lock().expect("reader lock") = Some(handle);
-                chunks(rx)
+                chunks
             }
         })
         .await;
@@ -180,11 +156,37 @@ async fn upload_streamed(
     finish_upload(path, put, read)
 }
 
-/// The chunks a reading thread sends, as a stream.
-fn chunks(
-    mut rx: mpsc::Receiver<io::Result<Bytes>>,
-) -> impl futures::Stream<Item = io::Result<Bytes>> + Send + Sync + Unpin {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+/// Whether [`upload_file`] sends a file of `size` bytes stored with
+/// `compression` as one streamed request (no part buffers).
+pub fn streamed(store: &ObjectStore, compression: Compression, size: u64) -> bool {
+    compression == Compression::None && store.streams_put(size)
+}
+
+/// Starts the thread that reads `path` (see [`read_file`]); returns it and
+/// the stream of the chunks it sends.
+fn spawn_reader(
+    path: &Path,
+    compression: Compression,
+    zstd_level: i32,
+    throttle: &Throttle,
+    progress: Option<Arc<AtomicU64>>,
+) -> (
+    JoinHandle<io::Result<ReadOutcome>>,
+    impl futures::Stream<Item = io::Result<Bytes>> + Send + Sync + Unpin,
+) {
+    let (tx, mut rx) = mpsc::channel::<io::Result<Bytes>>(CHANNEL);
+    let (source, throttle) = (path.to_path_buf(), throttle.clone());
+    let reader = tokio::task::spawn_blocking(move || {
+        read_file(
+            &source,
+            compression,
+            zstd_level,
+            tx,
+            &throttle,
+            progress.as_deref(),
+        )
+    });
+    (reader, futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
 }
 
 /// What the reading thread made of a file: its hash, its size and the bytes
@@ -201,19 +203,16 @@ fn finish_upload(
     // upload better than the store's "reading the source failed"; a reader
     // stopped because the upload failed ("broken pipe") does not.
     match (put, read) {
-        (_, Err(source)) if source.kind() != io::ErrorKind::BrokenPipe => Err(BackupError::File {
-            path: path.to_path_buf(),
-            source,
-        }),
-        (Err(e), _) => Err(e.into()),
-        (Ok(()), Err(source)) => Err(BackupError::File {
-            path: path.to_path_buf(),
-            source,
-        }),
         (Ok(()), Ok((hash, size, stored_size))) => Ok(Uploaded {
             hash: hash.to_hex().to_string(),
             size,
             stored_size,
+        }),
+        (Err(e), Ok(_)) => Err(e.into()),
+        (Err(e), Err(source)) if source.kind() == io::ErrorKind::BrokenPipe => Err(e.into()),
+        (_, Err(source)) => Err(BackupError::File {
+            path: path.to_path_buf(),
+            source,
         }),
     }
 }

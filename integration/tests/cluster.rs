@@ -316,14 +316,7 @@ async fn one_request_creates_a_three_node_cluster_with_the_computed_tokens() {
             .contains("cancelled"),
         "{job}"
     );
-    let (_, _, shown) = send_raw(
-        &http,
-        &api,
-        "GET",
-        &format!("/v1/restores/{cancelled_id}"),
-        None,
-    )
-    .await;
+    let (_, shown) = restore_view(&http, &api, &cancelled_id).await;
     assert_eq!(shown["state"], "cancelled", "{shown}");
     assert!(!control
         .dir
@@ -335,14 +328,7 @@ async fn one_request_creates_a_three_node_cluster_with_the_computed_tokens() {
     for n in nodes {
         let node_api = n["api"].as_str().unwrap();
         loop {
-            let (status, _, part) = send_raw(
-                &http,
-                node_api,
-                "GET",
-                &format!("/v1/restores/{cancelled_id}"),
-                None,
-            )
-            .await;
+            let (status, part) = restore_view(&http, node_api, &cancelled_id).await;
             if status == 404 || part["state"] != "running" {
                 break;
             }
@@ -359,14 +345,7 @@ async fn one_request_creates_a_three_node_cluster_with_the_computed_tokens() {
     let job = poll_job(&http, &api, &job_location, Duration::from_secs(300)).await;
     assert_eq!(job["state"], "succeeded", "{job}");
     assert_eq!(job["result"]["nodes"], 3, "{job}");
-    let (status, _, shown) = send_raw(
-        &http,
-        &api,
-        "GET",
-        &format!("/v1/restores/{restore_id}"),
-        None,
-    )
-    .await;
+    let (status, shown) = restore_view(&http, &api, &restore_id).await;
     assert_eq!(status, 200, "{shown}");
     assert_eq!(shown["scope"], "cluster", "{shown}");
     assert_eq!(shown["state"], "done", "{shown}");
@@ -395,14 +374,7 @@ async fn one_request_creates_a_three_node_cluster_with_the_computed_tokens() {
         "the nodes' statuses of a finished cluster restore are removed"
     );
     // Each node's own sidecar shows its part under the same id.
-    let (status, _, part) = send_raw(
-        &http,
-        nodes[0]["api"].as_str().unwrap(),
-        "GET",
-        &format!("/v1/restores/{restore_id}"),
-        None,
-    )
-    .await;
+    let (status, part) = restore_view(&http, nodes[0]["api"].as_str().unwrap(), &restore_id).await;
     assert_eq!(status, 200, "{part}");
     assert_eq!(part["scope"], "node", "{part}");
     assert_eq!(part["state"], "done", "{part}");
@@ -435,14 +407,7 @@ async fn one_request_creates_a_three_node_cluster_with_the_computed_tokens() {
     control.restart().await;
     let deadline = std::time::Instant::now() + Duration::from_secs(400);
     let shown = loop {
-        let (status, _, shown) = send_raw(
-            &http,
-            &api,
-            "GET",
-            &format!("/v1/restores/{adopted_id}"),
-            None,
-        )
-        .await;
+        let (status, shown) = restore_view(&http, &api, &adopted_id).await;
         if status == 200 && shown["scope"] == "cluster" && shown["state"] != "running" {
             break shown;
         }
@@ -612,8 +577,12 @@ async fn bad_cluster_requests_get_4xx_json_errors() {
     );
 }
 
-/// `count(*)` at `consistency` through `address`. A node that has just
-/// started may not see its peers up yet: "unavailable" is retried for a minute.
+/// `GET /v1/restores/{id}` on a node's API: status and body.
+async fn restore_view(http: &reqwest::Client, api: &str, id: &str) -> (u16, Value) {
+    let (status, _, view) = send_raw(http, api, "GET", &format!("/v1/restores/{id}"), None).await;
+    (status, view)
+}
+
 /// The files below `dir` (none if it does not exist).
 fn files_under(dir: &std::path::Path) -> Vec<String> {
     let out = std::process::Command::new("find")
@@ -627,6 +596,8 @@ fn files_under(dir: &std::path::Path) -> Vec<String> {
         .collect()
 }
 
+/// `count(*)` at `consistency` through `address`. A node that has just
+/// started may not see its peers up yet: "unavailable" is retried for a minute.
 async fn count_at(address: std::net::IpAddr, table: &str, consistency: Consistency) -> i64 {
     let session = cql(address).await;
     let mut count = Statement::new(format!("SELECT count(*) FROM {table}"));

@@ -127,42 +127,36 @@ async fn multipart_parts_are_retried_one_by_one_without_rereading_the_source() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_streamed_put_is_retried_with_a_fresh_stream() {
-    // The first attempt fails before it is sent, the second after S3 took it
-    // (its answer lost): the third stores the object again from a new stream.
-    let faults = Arc::new(Faults::fail_first(1).only("put"));
-    let store = s3_with(&faults).await;
+    // One attempt fails, before it is sent or after S3 took it (its answer
+    // lost); the second stores the object from a new stream.
     let value = Bytes::from(
         (0..7 * 1024 * 1024)
             .map(|i: u32| (i % 253) as u8)
             .collect::<Vec<_>>(),
     );
-    let streams = std::sync::atomic::AtomicU32::new(0);
-    store
-        .put_stream(&key("streamed"), value.len() as u64, || {
-            streams.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let body = value.clone();
-            async move { futures::stream::iter([Ok(body)]) }
-        })
-        .await
-        .unwrap();
-    assert_eq!((faults.attempts(), faults.injected()), (2, 1));
-    assert_eq!(streams.load(std::sync::atomic::Ordering::Relaxed), 2);
-    assert!(store.get(&key("streamed")).await.unwrap() == value);
-
-    let lost = Arc::new(Faults::fail_first(1).after_request().only("put"));
-    let store = s3_with(&lost).await;
-    streams.store(0, std::sync::atomic::Ordering::Relaxed);
-    store
-        .put_stream(&key("lost"), value.len() as u64, || {
-            streams.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let body = value.clone();
-            async move { futures::stream::iter([Ok(body)]) }
-        })
-        .await
-        .unwrap();
-    assert_eq!((lost.attempts(), lost.injected()), (2, 1));
-    assert_eq!(streams.load(std::sync::atomic::Ordering::Relaxed), 2);
-    assert!(store.get(&key("lost")).await.unwrap() == value);
+    for (faults, name) in [
+        (Faults::fail_first(1).only("put"), "streamed"),
+        (Faults::fail_first(1).after_request().only("put"), "lost"),
+    ] {
+        let faults = Arc::new(faults);
+        let store = s3_with(&faults).await;
+        let streams = std::sync::atomic::AtomicU32::new(0);
+        store
+            .put_stream(&key(name), value.len() as u64, || {
+                streams.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let body = value.clone();
+                async move { futures::stream::iter([Ok(body)]) }
+            })
+            .await
+            .unwrap();
+        assert_eq!((faults.attempts(), faults.injected()), (2, 1), "{name}");
+        assert_eq!(
+            streams.load(std::sync::atomic::Ordering::Relaxed),
+            2,
+            "{name}"
+        );
+        assert!(store.get(&key(name)).await.unwrap() == value, "{name}");
+    }
 }
 
 #[tokio::test]

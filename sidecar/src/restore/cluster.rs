@@ -24,9 +24,7 @@ use serde_json::{json, Value};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
-use super::{
-    finish, new_id, CreateRestore, PlanView, RestoreState, Restores, Run, SchemaCheck, Shared,
-};
+use super::{finish, new_id, CreateRestore, PlanView, RestoreState, Restores, Run, Shared};
 // Polling, pick-up timeout and request lifetime as for cluster backups.
 use crate::backup::cluster::{
     get_json, put_json, ClusterBackups, RequestedNode, PICKUP_TIMEOUT, POLL, REQUEST_TTL,
@@ -205,6 +203,12 @@ impl Restores {
                 "a cluster restore needs cluster mode (cluster.coordinator): this node has no cluster registry".into(),
             )
         })
+    }
+
+    /// [`Restores::cluster_backups`] for a running job.
+    fn job_cluster(&self) -> Result<&Arc<ClusterBackups>, BackupError> {
+        self.cluster_backups()
+            .map_err(|e| BackupError::Invalid(e.to_string()))
     }
 
     /// Plans a cluster restore: the targets (every claimed slot, or those at
@@ -445,30 +449,11 @@ impl Restores {
         shared: &Mutex<Shared>,
         stops: &Stops,
     ) -> Result<Value, BackupError> {
-        let cluster = self
-            .cluster_backups()
-            .map_err(|e| BackupError::Invalid(e.to_string()))?;
-        let store = cluster.store();
+        let cluster = self.job_cluster()?;
         // Missing schema is created here, once: nodes creating the same table
         // at once would give it different ids.
         if !plan.create.is_empty() {
-            let live =
-                self.backups.node.cql.describe_schema().await.map_err(|e| {
-                    BackupError::Invalid(format!("cannot read the live schema: {e}"))
-                })?;
-            for statement in SchemaCheck::new(&plan.schema, &live).creates(&plan.create) {
-                self.backups
-                    .node
-                    .cql
-                    .execute(&statement)
-                    .await
-                    .map_err(|e| {
-                        BackupError::Invalid(format!(
-                            "cannot create {}: {e}",
-                            super::one_line(&statement)
-                        ))
-                    })?;
-            }
+            self.create_missing(&plan.schema, &plan.create).await?;
         }
         if stops.fired() {
             return Err(BackupError::Cancelled);
@@ -482,7 +467,12 @@ impl Restores {
             coordinator: Some(self.backups.slot().clone()),
             asked: Some(asked),
         };
-        put_json(store, &request_key(cluster.cluster(), id)?, &request).await?;
+        put_json(
+            cluster.store(),
+            &request_key(cluster.cluster(), id)?,
+            &request,
+        )
+        .await?;
         self.follow(&request, shared, stops).await
     }
 
@@ -495,9 +485,7 @@ impl Restores {
         shared: &Mutex<Shared>,
         stops: &Stops,
     ) -> Result<Value, BackupError> {
-        let cluster = self
-            .cluster_backups()
-            .map_err(|e| BackupError::Invalid(e.to_string()))?;
+        let cluster = self.job_cluster()?;
         let store = cluster.store();
         let (id, targets) = (request.id.as_str(), &request.nodes);
         let key = request_key(cluster.cluster(), id)?;

@@ -299,6 +299,22 @@ impl Restores {
             .await
     }
 
+    /// Creates those of `tables` that the live schema lacks, as the backup's
+    /// `schema` defines them (keyspaces too).
+    async fn create_missing(&self, schema: &str, tables: &[String]) -> Result<(), BackupError> {
+        let cql = &self.backups.node.cql;
+        let live = cql
+            .describe_schema()
+            .await
+            .map_err(|e| BackupError::Invalid(format!("cannot read the live schema: {e}")))?;
+        for statement in SchemaCheck::new(schema, &live).creates(tables) {
+            cql.execute(&statement).await.map_err(|e| {
+                BackupError::Invalid(format!("cannot create {}: {e}", one_line(&statement)))
+            })?;
+        }
+        Ok(())
+    }
+
     async fn live_schema(&self) -> Result<Vec<SchemaElement>, StartError> {
         self.backups
             .node
@@ -556,24 +572,7 @@ impl Restores {
             return Err(BackupError::Cancelled);
         }
         set_phase("schema");
-        let live = self
-            .backups
-            .node
-            .cql
-            .describe_schema()
-            .await
-            .map_err(|e| BackupError::Invalid(format!("cannot read the live schema: {e}")))?;
-        let check = SchemaCheck::new(&plan.schema, &live);
-        for statement in check.creates(&plan.tables) {
-            self.backups
-                .node
-                .cql
-                .execute(&statement)
-                .await
-                .map_err(|e| {
-                    BackupError::Invalid(format!("cannot create {}: {e}", one_line(&statement)))
-                })?;
-        }
+        self.create_missing(&plan.schema, &plan.tables).await?;
         set_phase("import");
         let mut by_table: HashMap<String, Vec<PathBuf>> = HashMap::new();
         for f in &pending {
