@@ -289,7 +289,12 @@ pub async fn stage(
                 source,
             })?;
             let key = f.object_key()?;
-            throttle.consume(f.size as usize).await;
+            // The throttle may hold a large file back for minutes: a cancel
+            // must not wait for it.
+            tokio::select! {
+                _ = throttle.consume(f.size as usize) => {}
+                _ = cancel.cancelled() => return Err(BackupError::Cancelled),
+            }
             let mut attempt = 0;
             loop {
                 attempt += 1;

@@ -60,4 +60,5 @@ backup_suite!(
     a_point_in_time_takes_incrementals_written_up_to_it,
     staging_verifies_every_file_and_resumes,
     a_manifest_entry_that_escapes_the_data_directory_is_refused,
+    a_cancel_does_not_wait_for_the_throttle,
 );

@@ -237,3 +237,45 @@ pub async fn a_manifest_entry_that_escapes_the_data_directory_is_refused(store: 
         "nothing staged"
     );
 }
+
+pub async fn a_cancel_does_not_wait_for_the_throttle(store: ObjectStore) {
+    let node = Node::new();
+    node.write_sstable(T1, 1, 300_000);
+    let backups = node.backups(&store);
+    back_up(&backups, &node, "c").await.unwrap();
+    let plan = plan_slot(&backups.catalog, &slot(), &Point::Latest, &all())
+        .await
+        .unwrap();
+    // At 1 KiB/s the files would take minutes; the cancel comes after 300 ms.
+    let staging = tempfile::tempdir().unwrap();
+    let cancel = CancellationToken::new();
+    let canceller = {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            cancel.cancel();
+        })
+    };
+    let progress = Progress::default();
+    let staged = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        stage(
+            &store,
+            &plan.files,
+            staging.path(),
+            2,
+            &Throttle::new(Some(1024)),
+            &progress,
+            &cancel,
+        ),
+    )
+    .await
+    .expect("the cancel ends staging without waiting for the throttle");
+    canceller.await.unwrap();
+    assert!(matches!(staged, Err(BackupError::Cancelled)), "{staged:?}");
+    assert!(
+        progress.view().bytes_done < plan.bytes,
+        "{:?}",
+        progress.view()
+    );
+}
