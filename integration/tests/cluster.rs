@@ -404,6 +404,16 @@ async fn one_request_creates_a_three_node_cluster_with_the_computed_tokens() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The restarted nodes move at most 1 MiB/s to and from the store, so that
+    // the cancel further down finds their parts mid-download.
+    for node_dir in std::fs::read_dir(control.dir.join("clusters/orders")).unwrap() {
+        let toml = node_dir.unwrap().path().join("anchises.toml");
+        if toml.is_file() {
+            let mut config = std::fs::read_to_string(&toml).unwrap();
+            config.push_str("\n[backup]\nrate_limit = \"1MiB\"\n");
+            std::fs::write(&toml, config).unwrap();
+        }
+    }
     control.restart().await;
     let deadline = std::time::Instant::now() + Duration::from_secs(400);
     let shown = loop {
@@ -431,6 +441,84 @@ async fn one_request_creates_a_three_node_cluster_with_the_computed_tokens() {
         Vec::<String>::new(),
     );
     assert_eq!(count_at(third, "shop.orders", Consistency::All).await, 50);
+
+    // A cancel reaches parts that are already running: every node stops its
+    // download, imports nothing, and reports its part cancelled.
+    write_blobs(first, "bulk", 4000, 4096).await;
+    let (status, _, started) = send_raw(
+        &http,
+        &api,
+        "POST",
+        "/v1/backups",
+        Some(r#"{"scope": "cluster"}"#),
+    )
+    .await;
+    assert_eq!(status, 202, "{started}");
+    let job_location = format!("/v1/jobs/{}", started["job"]["id"].as_str().unwrap());
+    let job = poll_job(&http, &api, &job_location, Duration::from_secs(300)).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    cql(first)
+        .await
+        .query_unpaged("TRUNCATE bulk.blobs", ())
+        .await
+        .unwrap();
+    let (status, _, started) =
+        restore(serde_json::json!({"scope": "cluster", "keyspaces": ["bulk"]})).await;
+    assert_eq!(status, 202, "{started}");
+    let running_id = started["id"].as_str().unwrap().to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    for n in nodes {
+        let node_api = n["api"].as_str().unwrap();
+        loop {
+            let part = node_part(&http, node_api, &running_id).await;
+            if part["state"] == "running" && part["phase"] == "stage" {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{node_api} is not downloading its part: {part}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let (status, _, answer) = send_raw(
+        &http,
+        &api,
+        "POST",
+        &format!("/v1/restores/{running_id}/cancel"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 202, "{answer}");
+    let job_location = format!("/v1/jobs/{}", started["job"]["id"].as_str().unwrap());
+    let job = poll_job(&http, &api, &job_location, Duration::from_secs(60)).await;
+    assert!(
+        job["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("cancelled"),
+        "{job}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    for n in nodes {
+        let node_api = n["api"].as_str().unwrap();
+        let part = loop {
+            let part = node_part(&http, node_api, &running_id).await;
+            if part["state"] != "running" {
+                break part;
+            }
+            assert!(std::time::Instant::now() < deadline, "{node_api}: {part}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        assert_eq!(part["state"], "cancelled", "{node_api}: {part}");
+        assert_eq!(part["imported_tables"], serde_json::json!([]), "{part}");
+        let total = part["progress"]["bytes_total"].as_u64().unwrap();
+        assert!(
+            part["progress"]["bytes_done"].as_u64().unwrap() < total,
+            "{node_api} was stopped before its part was downloaded: {part}"
+        );
+    }
+    assert_eq!(count_at(third, "bulk.blobs", Consistency::All).await, 0);
 
     // Delete stops every node and forgets the cluster.
     let (status, location, _) = control.request("DELETE", "/v1/clusters/orders", None).await;
@@ -583,6 +671,20 @@ async fn restore_view(http: &reqwest::Client, api: &str, id: &str) -> (u16, Valu
     (status, view)
 }
 
+/// A node's own part of cluster restore `id` (`Null` until it has one), from
+/// `GET /v1/restores`: on the asking node, `GET /v1/restores/{id}` shows the
+/// whole cluster restore instead.
+async fn node_part(http: &reqwest::Client, api: &str, id: &str) -> Value {
+    let (status, _, list) = send_raw(http, api, "GET", "/v1/restores", None).await;
+    assert_eq!(status, 200, "{list}");
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == id && r["scope"] == "node")
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
 /// The files below `dir` (none if it does not exist).
 fn files_under(dir: &std::path::Path) -> Vec<String> {
     let out = std::process::Command::new("find")
@@ -644,6 +746,51 @@ async fn write_rows(address: std::net::IpAddr, rf: u32, rows: i32) {
     for id in 0..rows {
         session
             .query_unpaged(insert.clone(), (id, format!("row {id}")))
+            .await
+            .unwrap();
+    }
+}
+
+/// Creates `keyspace.blobs` (replicated to all three nodes) and writes `rows`
+/// rows of `size` random bytes.
+async fn write_blobs(address: std::net::IpAddr, keyspace: &str, rows: i32, size: usize) {
+    let session = cql(address).await;
+    session
+        .query_unpaged(
+            format!("CREATE KEYSPACE {keyspace} WITH replication = {{'class': 'NetworkTopologyStrategy', 'dc1': 3}}"),
+            (),
+        )
+        .await
+        .unwrap();
+    session
+        .query_unpaged(
+            format!("CREATE TABLE {keyspace}.blobs (id int PRIMARY KEY, payload blob)"),
+            (),
+        )
+        .await
+        .unwrap();
+    let mut insert = session
+        .prepare(format!(
+            "INSERT INTO {keyspace}.blobs (id, payload) VALUES (?, ?)"
+        ))
+        .await
+        .unwrap();
+    insert.set_consistency(Consistency::All);
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let ids: Vec<i32> = (0..rows).collect();
+    for chunk in ids.chunks(100) {
+        let writes = chunk.iter().map(|&id| {
+            let payload: Vec<u8> = (0..size)
+                .map(|_| {
+                    x = x
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    (x >> 33) as u8
+                })
+                .collect();
+            session.execute_unpaged(&insert, (id, payload))
+        });
+        futures::future::try_join_all(writes.collect::<Vec<_>>())
             .await
             .unwrap();
     }
