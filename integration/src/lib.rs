@@ -409,6 +409,41 @@ pub async fn cql(address: IpAddr) -> scylla::client::session::Session {
         .expect("cql session")
 }
 
+/// Inserts rows `0..rows` of `size` pseudo-random (incompressible, but
+/// repeatable) bytes into `table` (`id int PRIMARY KEY, payload blob`), 100
+/// writes in flight, at `consistency`.
+pub async fn insert_blobs(
+    session: &scylla::client::session::Session,
+    table: &str,
+    rows: i32,
+    size: usize,
+    consistency: scylla::statement::Consistency,
+) {
+    let mut insert = session
+        .prepare(format!("INSERT INTO {table} (id, payload) VALUES (?, ?)"))
+        .await
+        .expect("prepare the insert");
+    insert.set_consistency(consistency);
+    let mut x: u64 = 7;
+    let ids: Vec<i32> = (0..rows).collect();
+    for chunk in ids.chunks(100) {
+        let writes = chunk.iter().map(|&id| {
+            let payload: Vec<u8> = (0..size)
+                .map(|_| {
+                    x = x
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    (x >> 33) as u8
+                })
+                .collect();
+            session.execute_unpaged(&insert, (id, payload))
+        });
+        futures::future::try_join_all(writes.collect::<Vec<_>>())
+            .await
+            .expect("insert blobs");
+    }
+}
+
 /// An `anchises control` process with its own data directory; dropping it stops
 /// every node it runs, and kills any JVM left under its directory.
 pub struct TestControl {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use anchises_integration::{cql, poll_job, send_raw, TestControl, TestNode};
+use anchises_integration::{cql, insert_blobs, poll_job, send_raw, TestControl, TestNode};
 use scylla::statement::unprepared::Statement;
 use scylla::statement::Consistency;
 use serde_json::Value;
@@ -769,31 +769,14 @@ async fn write_blobs(address: std::net::IpAddr, keyspace: &str, rows: i32, size:
         )
         .await
         .unwrap();
-    let mut insert = session
-        .prepare(format!(
-            "INSERT INTO {keyspace}.blobs (id, payload) VALUES (?, ?)"
-        ))
-        .await
-        .unwrap();
-    insert.set_consistency(Consistency::All);
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    let ids: Vec<i32> = (0..rows).collect();
-    for chunk in ids.chunks(100) {
-        let writes = chunk.iter().map(|&id| {
-            let payload: Vec<u8> = (0..size)
-                .map(|_| {
-                    x = x
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    (x >> 33) as u8
-                })
-                .collect();
-            session.execute_unpaged(&insert, (id, payload))
-        });
-        futures::future::try_join_all(writes.collect::<Vec<_>>())
-            .await
-            .unwrap();
-    }
+    insert_blobs(
+        &session,
+        &format!("{keyspace}.blobs"),
+        rows,
+        size,
+        Consistency::All,
+    )
+    .await;
 }
 
 fn node_addresses(view: &Value) -> Vec<std::net::IpAddr> {

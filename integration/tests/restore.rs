@@ -7,8 +7,9 @@
 use std::time::{Duration, Instant};
 
 use anchises_backup::testing::MotoServer;
-use anchises_integration::{cql, s3_store_toml, NodeSpec, TestNode};
+use anchises_integration::{cql, insert_blobs, s3_store_toml, NodeSpec, TestNode};
 use scylla::client::session::Session;
+use scylla::statement::Consistency;
 use serde_json::Value;
 
 /// Every row of a table, as text, sorted.
@@ -363,27 +364,7 @@ async fn a_cancelled_or_killed_restore_continues_where_it_stopped() {
     )
     .await;
     exec(&session, "CREATE TABLE bulk.u (id int PRIMARY KEY, v text)").await;
-    let insert = session
-        .prepare("INSERT INTO bulk.t (id, payload) VALUES (?, ?)")
-        .await
-        .unwrap();
-    let mut x: u64 = 7;
-    for chunk in (0..24_000).collect::<Vec<i32>>().chunks(200) {
-        let writes = chunk.iter().map(|&i| {
-            let payload: Vec<u8> = (0..1024)
-                .map(|_| {
-                    x = x
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    (x >> 33) as u8
-                })
-                .collect();
-            session.execute_unpaged(&insert, (i, payload))
-        });
-        futures::future::try_join_all(writes.collect::<Vec<_>>())
-            .await
-            .unwrap();
-    }
+    insert_blobs(&session, "bulk.t", 24_000, 1024, Consistency::LocalQuorum).await;
     for i in 0..100 {
         exec(
             &session,
