@@ -577,6 +577,41 @@ async fn one_request_creates_a_three_node_cluster_with_the_computed_tokens() {
     let copy_node: std::net::IpAddr = copy_nodes[2]["address"].as_str().unwrap().parse().unwrap();
     let n = count_at(copy_node, "shop.orders", Consistency::All).await;
     assert_eq!(n, 50, "the copy holds the source's rows");
+    // A running cluster takes another cluster's backup (the same slot layout)
+    // online: each node restores the source slot that holds its tokens.
+    cql(copy_node)
+        .await
+        .query_unpaged("TRUNCATE shop.orders", ())
+        .await
+        .unwrap();
+    let copy_api = copy_nodes[0]["api"].as_str().unwrap();
+    let body =
+        serde_json::json!({"scope": "cluster", "source_cluster": "orders", "keyspaces": ["shop"]});
+    let (status, _, started) = send_raw(
+        &http,
+        copy_api,
+        "POST",
+        "/v1/restores",
+        Some(&body.to_string()),
+    )
+    .await;
+    assert_eq!(status, 202, "{started}");
+    let job_location = format!("/v1/jobs/{}", started["job"]["id"].as_str().unwrap());
+    let job = poll_job(&http, copy_api, &job_location, Duration::from_secs(300)).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let (_, shown) = restore_view(&http, copy_api, started["id"].as_str().unwrap()).await;
+    let parts = shown["nodes"].as_array().unwrap();
+    assert_eq!(parts.len(), 3, "{shown}");
+    for p in parts {
+        assert_eq!(p["state"], "done", "{p}");
+        assert_eq!(p["slot"]["cluster"], "orders-copy", "{p}");
+        assert_eq!(p["source"]["cluster"], "orders", "{p}");
+        assert_eq!(p["source"]["slot"], p["slot"]["slot"], "{p}");
+    }
+    assert_eq!(
+        count_at(copy_node, "shop.orders", Consistency::All).await,
+        50
+    );
     let (status, location, _) = control
         .request("DELETE", "/v1/clusters/orders-copy", None)
         .await;
