@@ -466,20 +466,11 @@ async fn one_request_creates_a_three_node_cluster_with_the_computed_tokens() {
         restore(serde_json::json!({"scope": "cluster", "keyspaces": ["bulk"]})).await;
     assert_eq!(status, 202, "{started}");
     let running_id = started["id"].as_str().unwrap().to_string();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     for n in nodes {
-        let node_api = n["api"].as_str().unwrap();
-        loop {
-            let part = node_part(&http, node_api, &running_id).await;
-            if part["state"] == "running" && part["phase"] == "stage" {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{node_api} is not downloading its part: {part}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        wait_part(&http, n["api"].as_str().unwrap(), &running_id, |p| {
+            p["state"] == "running" && p["phase"] == "stage"
+        })
+        .await;
     }
     let (status, _, answer) = send_raw(
         &http,
@@ -499,17 +490,9 @@ async fn one_request_creates_a_three_node_cluster_with_the_computed_tokens() {
             .contains("cancelled"),
         "{job}"
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     for n in nodes {
         let node_api = n["api"].as_str().unwrap();
-        let part = loop {
-            let part = node_part(&http, node_api, &running_id).await;
-            if part["state"] != "running" {
-                break part;
-            }
-            assert!(std::time::Instant::now() < deadline, "{node_api}: {part}");
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        };
+        let part = wait_part(&http, node_api, &running_id, |p| p["state"] != "running").await;
         assert_eq!(part["state"], "cancelled", "{node_api}: {part}");
         assert_eq!(part["imported_tables"], serde_json::json!([]), "{part}");
         let total = part["progress"]["bytes_total"].as_u64().unwrap();
@@ -519,6 +502,58 @@ async fn one_request_creates_a_three_node_cluster_with_the_computed_tokens() {
         );
     }
     assert_eq!(count_at(third, "bulk.blobs", Consistency::All).await, 0);
+    // The parts of a cancelled restore leave no status behind.
+    no_files_left(
+        &control
+            .dir
+            .join(format!("backups/orders/restores/status/{running_id}")),
+    )
+    .await;
+
+    // A node whose sidecar hangs mid-part (SIGSTOP: its process is there, so
+    // the control plane does not replace it) stops reporting: 2 minutes later
+    // the restore fails naming it, after the other two parts are done. Woken
+    // up, the node finds the request gone and stops its part.
+    let (status, _, started) =
+        restore(serde_json::json!({"scope": "cluster", "keyspaces": ["bulk"]})).await;
+    assert_eq!(status, 202, "{started}");
+    let silent_id = started["id"].as_str().unwrap().to_string();
+    let hung_api = nodes[2]["api"].as_str().unwrap();
+    wait_part(&http, hung_api, &silent_id, |p| p["phase"] == "stage").await;
+    let (_, _, health) = send_raw(&http, hung_api, "GET", "/v1/health", None).await;
+    let hung = nix::unistd::Pid::from_raw(health["pid"].as_i64().unwrap() as i32);
+    nix::sys::signal::kill(hung, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let job_location = format!("/v1/jobs/{}", started["job"]["id"].as_str().unwrap());
+    let job = poll_job(&http, &api, &job_location, Duration::from_secs(300)).await;
+    nix::sys::signal::kill(hung, nix::sys::signal::Signal::SIGCONT).unwrap();
+    assert_eq!(job["state"], "failed", "{job}");
+    let error = job["error"].as_str().unwrap();
+    assert!(error.contains(&format!("({third})")), "{error}");
+    assert!(error.contains("stopped reporting its part"), "{error}");
+    assert!(error.contains("1 of 3 nodes"), "{error}");
+    let (_, shown) = restore_view(&http, &api, &silent_id).await;
+    let parts = shown["nodes"].as_array().unwrap();
+    for p in parts {
+        let expect = if p["address"] == third.to_string() {
+            "running"
+        } else {
+            "done"
+        };
+        assert_eq!(p["state"], expect, "{p}");
+    }
+    let part = wait_part(&http, hung_api, &silent_id, |p| p["state"] != "running").await;
+    // Woken, it may finish its last step before it sees the request gone.
+    assert!(
+        part["state"] == "cancelled" || part["state"] == "done",
+        "{part}"
+    );
+    no_files_left(
+        &control
+            .dir
+            .join(format!("backups/orders/restores/status/{silent_id}")),
+    )
+    .await;
+    assert_eq!(count_at(third, "bulk.blobs", Consistency::All).await, 4000);
 
     // Delete stops every node and forgets the cluster.
     let (status, location, _) = control.request("DELETE", "/v1/clusters/orders", None).await;
@@ -720,6 +755,25 @@ async fn node_part(http: &reqwest::Client, api: &str, id: &str) -> Value {
         .unwrap_or(Value::Null)
 }
 
+/// Waits (≤ 60 s) until this node's own part of cluster restore `id` is as
+/// `wanted` says, and returns it.
+async fn wait_part(
+    http: &reqwest::Client,
+    api: &str,
+    id: &str,
+    wanted: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let part = node_part(http, api, id).await;
+        if wanted(&part) {
+            return part;
+        }
+        assert!(std::time::Instant::now() < deadline, "{api}: {part}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// The files below `dir` (none if it does not exist).
 fn files_under(dir: &std::path::Path) -> Vec<String> {
     let out = std::process::Command::new("find")
@@ -731,6 +785,22 @@ fn files_under(dir: &std::path::Path) -> Vec<String> {
         .lines()
         .map(str::to_string)
         .collect()
+}
+
+/// Waits (≤ 30 s) until no file is left below `dir`.
+async fn no_files_left(dir: &std::path::Path) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = files_under(dir);
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "left behind: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// `count(*)` at `consistency` through `address`. A node that has just

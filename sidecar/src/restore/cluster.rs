@@ -652,7 +652,8 @@ impl Restores {
     }
 
     /// Writes this node's part to its status object until it ends; stops the
-    /// part if the request disappears (the cluster restore was cancelled).
+    /// part, and removes its status, if the request disappears (the cluster
+    /// restore was cancelled, or ended without this part).
     async fn report(
         self: Arc<Self>,
         cluster: Arc<ClusterBackups>,
@@ -673,6 +674,19 @@ impl Restores {
                 handled.lock().expect("handled lock").remove(&id);
                 return;
             }
+            if matches!(store.head(&request).await, Err(StoreError::NotFound { .. })) {
+                // Withdrawn by a cancel, or ended by its coordinator without
+                // this part (it stopped reporting): nobody reads this status
+                // any more, so none is left behind.
+                self.cancel_scoped(&id, Scope::Node);
+                match store.delete(&key).await {
+                    Ok(()) | Err(StoreError::NotFound { .. }) => {}
+                    Err(e) => {
+                        tracing::warn!(restore = %id, error = %e, "cannot remove the part's status")
+                    }
+                }
+                return;
+            }
             let part = NodePart {
                 slot: target.slot.clone(),
                 address: target.address.clone(),
@@ -689,9 +703,6 @@ impl Restores {
             }
             if view.state != RestoreState::Running {
                 return;
-            }
-            if matches!(store.head(&request).await, Err(StoreError::NotFound { .. })) {
-                self.cancel_scoped(&id, Scope::Node);
             }
             tokio::select! {
                 _ = tokio::time::sleep(POLL) => {}
