@@ -131,8 +131,7 @@ async fn one_request_creates_a_three_node_cluster_with_the_computed_tokens() {
     .await;
     assert_eq!(status, 202, "{started}");
     let id = started["id"].as_str().unwrap().to_string();
-    let job_location = format!("/v1/jobs/{}", started["job"]["id"].as_str().unwrap());
-    let job = poll_job(&http, &api, &job_location, Duration::from_secs(300)).await;
+    let job = job_end(&http, &api, &started, Duration::from_secs(300)).await;
     assert_eq!(job["state"], "succeeded", "{job}");
     assert_eq!(job["result"]["nodes"], 3, "{job}");
     let (status, _, shown) = send_raw(&http, &api, "GET", &format!("/v1/backups/{id}"), None).await;
@@ -248,11 +247,7 @@ async fn one_request_creates_a_three_node_cluster_with_the_computed_tokens() {
 
     // A cluster restore from one request: each node restores its own slot
     // (found by its tokens) while the cluster serves.
-    cql(first)
-        .await
-        .query_unpaged("TRUNCATE shop.orders", ())
-        .await
-        .unwrap();
+    truncate(first, "shop.orders").await;
     assert_eq!(count_at(third, "shop.orders", Consistency::All).await, 0);
     let restore = |body: Value| {
         let http = http.clone();
@@ -306,8 +301,7 @@ async fn one_request_creates_a_three_node_cluster_with_the_computed_tokens() {
     )
     .await;
     assert_eq!(status, 202, "{answer}");
-    let job_location = format!("/v1/jobs/{}", started["job"]["id"].as_str().unwrap());
-    let job = poll_job(&http, &api, &job_location, Duration::from_secs(60)).await;
+    let job = job_end(&http, &api, &started, Duration::from_secs(60)).await;
     assert_ne!(job["state"], "succeeded", "{job}");
     assert!(
         job["error"]
@@ -341,8 +335,7 @@ async fn one_request_creates_a_three_node_cluster_with_the_computed_tokens() {
         restore(serde_json::json!({"scope": "cluster", "keyspaces": ["shop"]})).await;
     assert_eq!(status, 202, "{started}");
     let restore_id = started["id"].as_str().unwrap().to_string();
-    let job_location = format!("/v1/jobs/{}", started["job"]["id"].as_str().unwrap());
-    let job = poll_job(&http, &api, &job_location, Duration::from_secs(300)).await;
+    let job = job_end(&http, &api, &started, Duration::from_secs(300)).await;
     assert_eq!(job["state"], "succeeded", "{job}");
     assert_eq!(job["result"]["nodes"], 3, "{job}");
     let (status, shown) = restore_view(&http, &api, &restore_id).await;
@@ -384,11 +377,7 @@ async fn one_request_creates_a_three_node_cluster_with_the_computed_tokens() {
     // plane, which stops its nodes and starts them again): the restarted
     // sidecar coordinates the restore again, the nodes finish their parts, and
     // the request and the statuses are removed as usual.
-    cql(first)
-        .await
-        .query_unpaged("TRUNCATE shop.orders", ())
-        .await
-        .unwrap();
+    truncate(first, "shop.orders").await;
     let (status, _, started) =
         restore(serde_json::json!({"scope": "cluster", "keyspaces": ["shop"]})).await;
     assert_eq!(status, 202, "{started}");
@@ -454,14 +443,9 @@ async fn one_request_creates_a_three_node_cluster_with_the_computed_tokens() {
     )
     .await;
     assert_eq!(status, 202, "{started}");
-    let job_location = format!("/v1/jobs/{}", started["job"]["id"].as_str().unwrap());
-    let job = poll_job(&http, &api, &job_location, Duration::from_secs(300)).await;
+    let job = job_end(&http, &api, &started, Duration::from_secs(300)).await;
     assert_eq!(job["state"], "succeeded", "{job}");
-    cql(first)
-        .await
-        .query_unpaged("TRUNCATE bulk.blobs", ())
-        .await
-        .unwrap();
+    truncate(first, "bulk.blobs").await;
     let (status, _, started) =
         restore(serde_json::json!({"scope": "cluster", "keyspaces": ["bulk"]})).await;
     assert_eq!(status, 202, "{started}");
@@ -481,8 +465,7 @@ async fn one_request_creates_a_three_node_cluster_with_the_computed_tokens() {
     )
     .await;
     assert_eq!(status, 202, "{answer}");
-    let job_location = format!("/v1/jobs/{}", started["job"]["id"].as_str().unwrap());
-    let job = poll_job(&http, &api, &job_location, Duration::from_secs(60)).await;
+    let job = job_end(&http, &api, &started, Duration::from_secs(60)).await;
     assert!(
         job["error"]
             .as_str()
@@ -523,8 +506,7 @@ async fn one_request_creates_a_three_node_cluster_with_the_computed_tokens() {
     let (_, _, health) = send_raw(&http, hung_api, "GET", "/v1/health", None).await;
     let hung = nix::unistd::Pid::from_raw(health["pid"].as_i64().unwrap() as i32);
     nix::sys::signal::kill(hung, nix::sys::signal::Signal::SIGSTOP).unwrap();
-    let job_location = format!("/v1/jobs/{}", started["job"]["id"].as_str().unwrap());
-    let job = poll_job(&http, &api, &job_location, Duration::from_secs(300)).await;
+    let job = job_end(&http, &api, &started, Duration::from_secs(300)).await;
     nix::sys::signal::kill(hung, nix::sys::signal::Signal::SIGCONT).unwrap();
     assert_eq!(job["state"], "failed", "{job}");
     let error = job["error"].as_str().unwrap();
@@ -614,11 +596,7 @@ async fn one_request_creates_a_three_node_cluster_with_the_computed_tokens() {
     assert_eq!(n, 50, "the copy holds the source's rows");
     // A running cluster takes another cluster's backup (the same slot layout)
     // online: each node restores the source slot that holds its tokens.
-    cql(copy_node)
-        .await
-        .query_unpaged("TRUNCATE shop.orders", ())
-        .await
-        .unwrap();
+    truncate(copy_node, "shop.orders").await;
     let copy_api = copy_nodes[0]["api"].as_str().unwrap();
     let body =
         serde_json::json!({"scope": "cluster", "source_cluster": "orders", "keyspaces": ["shop"]});
@@ -631,8 +609,7 @@ async fn one_request_creates_a_three_node_cluster_with_the_computed_tokens() {
     )
     .await;
     assert_eq!(status, 202, "{started}");
-    let job_location = format!("/v1/jobs/{}", started["job"]["id"].as_str().unwrap());
-    let job = poll_job(&http, copy_api, &job_location, Duration::from_secs(300)).await;
+    let job = job_end(&http, copy_api, &started, Duration::from_secs(300)).await;
     assert_eq!(job["state"], "succeeded", "{job}");
     let (_, shown) = restore_view(&http, copy_api, started["id"].as_str().unwrap()).await;
     let parts = shown["nodes"].as_array().unwrap();
@@ -739,6 +716,20 @@ async fn bad_cluster_requests_get_4xx_json_errors() {
 async fn restore_view(http: &reqwest::Client, api: &str, id: &str) -> (u16, Value) {
     let (status, _, view) = send_raw(http, api, "GET", &format!("/v1/restores/{id}"), None).await;
     (status, view)
+}
+
+/// Polls the job that `started` (a 202 answer from `api`) names until it ends.
+async fn job_end(http: &reqwest::Client, api: &str, started: &Value, timeout: Duration) -> Value {
+    let location = format!("/v1/jobs/{}", started["job"]["id"].as_str().unwrap());
+    poll_job(http, api, &location, timeout).await
+}
+
+async fn truncate(address: std::net::IpAddr, table: &str) {
+    cql(address)
+        .await
+        .query_unpaged(format!("TRUNCATE {table}"), ())
+        .await
+        .unwrap();
 }
 
 /// A node's own part of cluster restore `id` (`Null` until it has one), from
