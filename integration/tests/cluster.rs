@@ -83,13 +83,7 @@ async fn one_request_creates_a_three_node_cluster_with_the_computed_tokens() {
     let first: std::net::IpAddr = nodes[0]["address"].as_str().unwrap().parse().unwrap();
     let third: std::net::IpAddr = nodes[2]["address"].as_str().unwrap().parse().unwrap();
     let writer = cql(first).await;
-    writer
-        .query_unpaged(
-            "CREATE KEYSPACE shop WITH replication = {'class': 'NetworkTopologyStrategy', 'dc1': 3}",
-            (),
-        )
-        .await
-        .unwrap();
+    create_keyspace(&writer, "shop", 3).await;
     writer
         .query_unpaged(
             "CREATE TABLE shop.orders (id int PRIMARY KEY, item text)",
@@ -121,17 +115,8 @@ async fn one_request_creates_a_three_node_cluster_with_the_computed_tokens() {
 
     // A cluster backup asked of one node backs up all three under one id, and
     // the cluster index says so.
-    let (status, _, started) = send_raw(
-        &http,
-        &api,
-        "POST",
-        "/v1/backups",
-        Some(r#"{"scope": "cluster"}"#),
-    )
-    .await;
-    assert_eq!(status, 202, "{started}");
+    let (started, job) = cluster_backup(&http, &api).await;
     let id = started["id"].as_str().unwrap().to_string();
-    let job = job_end(&http, &api, &started, Duration::from_secs(300)).await;
     assert_eq!(job["state"], "succeeded", "{job}");
     assert_eq!(job["result"]["nodes"], 3, "{job}");
     let (status, _, shown) = send_raw(&http, &api, "GET", &format!("/v1/backups/{id}"), None).await;
@@ -288,28 +273,10 @@ async fn one_request_creates_a_three_node_cluster_with_the_computed_tokens() {
     }
     // Cancelled at once: the asking node ends it as cancelled, withdraws the
     // request from the store, and no node is left running a part of it.
-    let (status, _, started) =
-        restore(serde_json::json!({"scope": "cluster", "keyspaces": ["shop"]})).await;
-    assert_eq!(status, 202, "{started}");
+    let started = cluster_restore(&http, &api, "shop").await;
     let cancelled_id = started["id"].as_str().unwrap().to_string();
-    let (status, _, answer) = send_raw(
-        &http,
-        &api,
-        "POST",
-        &format!("/v1/restores/{cancelled_id}/cancel"),
-        None,
-    )
-    .await;
-    assert_eq!(status, 202, "{answer}");
-    let job = job_end(&http, &api, &started, Duration::from_secs(60)).await;
+    let job = cancel_restore(&http, &api, &started).await;
     assert_ne!(job["state"], "succeeded", "{job}");
-    assert!(
-        job["error"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("cancelled"),
-        "{job}"
-    );
     let (_, shown) = restore_view(&http, &api, &cancelled_id).await;
     assert_eq!(shown["state"], "cancelled", "{shown}");
     assert!(!control
@@ -331,9 +298,7 @@ async fn one_request_creates_a_three_node_cluster_with_the_computed_tokens() {
         }
     }
 
-    let (status, _, started) =
-        restore(serde_json::json!({"scope": "cluster", "keyspaces": ["shop"]})).await;
-    assert_eq!(status, 202, "{started}");
+    let started = cluster_restore(&http, &api, "shop").await;
     let restore_id = started["id"].as_str().unwrap().to_string();
     let job = job_end(&http, &api, &started, Duration::from_secs(300)).await;
     assert_eq!(job["state"], "succeeded", "{job}");
@@ -378,9 +343,7 @@ async fn one_request_creates_a_three_node_cluster_with_the_computed_tokens() {
     // sidecar coordinates the restore again, the nodes finish their parts, and
     // the request and the statuses are removed as usual.
     truncate(first, "shop.orders").await;
-    let (status, _, started) =
-        restore(serde_json::json!({"scope": "cluster", "keyspaces": ["shop"]})).await;
-    assert_eq!(status, 202, "{started}");
+    let started = cluster_restore(&http, &api, "shop").await;
     let adopted_id = started["id"].as_str().unwrap().to_string();
     let request_file = control.dir.join(format!(
         "backups/orders/restores/requests/{adopted_id}.json"
@@ -434,21 +397,10 @@ async fn one_request_creates_a_three_node_cluster_with_the_computed_tokens() {
     // A cancel reaches parts that are already running: every node stops its
     // download, imports nothing, and reports its part cancelled.
     write_blobs(first, "bulk", 4000, 4096).await;
-    let (status, _, started) = send_raw(
-        &http,
-        &api,
-        "POST",
-        "/v1/backups",
-        Some(r#"{"scope": "cluster"}"#),
-    )
-    .await;
-    assert_eq!(status, 202, "{started}");
-    let job = job_end(&http, &api, &started, Duration::from_secs(300)).await;
+    let (_, job) = cluster_backup(&http, &api).await;
     assert_eq!(job["state"], "succeeded", "{job}");
     truncate(first, "bulk.blobs").await;
-    let (status, _, started) =
-        restore(serde_json::json!({"scope": "cluster", "keyspaces": ["bulk"]})).await;
-    assert_eq!(status, 202, "{started}");
+    let started = cluster_restore(&http, &api, "bulk").await;
     let running_id = started["id"].as_str().unwrap().to_string();
     for n in nodes {
         wait_part(&http, n["api"].as_str().unwrap(), &running_id, |p| {
@@ -456,23 +408,7 @@ async fn one_request_creates_a_three_node_cluster_with_the_computed_tokens() {
         })
         .await;
     }
-    let (status, _, answer) = send_raw(
-        &http,
-        &api,
-        "POST",
-        &format!("/v1/restores/{running_id}/cancel"),
-        None,
-    )
-    .await;
-    assert_eq!(status, 202, "{answer}");
-    let job = job_end(&http, &api, &started, Duration::from_secs(60)).await;
-    assert!(
-        job["error"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("cancelled"),
-        "{job}"
-    );
+    cancel_restore(&http, &api, &started).await;
     for n in nodes {
         let node_api = n["api"].as_str().unwrap();
         let part = wait_part(&http, node_api, &running_id, |p| p["state"] != "running").await;
@@ -497,9 +433,7 @@ async fn one_request_creates_a_three_node_cluster_with_the_computed_tokens() {
     // the control plane does not replace it) stops reporting: 2 minutes later
     // the restore fails naming it, after the other two parts are done. Woken
     // up, the node finds the request gone and stops its part.
-    let (status, _, started) =
-        restore(serde_json::json!({"scope": "cluster", "keyspaces": ["bulk"]})).await;
-    assert_eq!(status, 202, "{started}");
+    let started = cluster_restore(&http, &api, "bulk").await;
     let silent_id = started["id"].as_str().unwrap().to_string();
     let hung_api = nodes[2]["api"].as_str().unwrap();
     wait_part(&http, hung_api, &silent_id, |p| p["phase"] == "stage").await;
@@ -600,15 +534,7 @@ async fn one_request_creates_a_three_node_cluster_with_the_computed_tokens() {
     let copy_api = copy_nodes[0]["api"].as_str().unwrap();
     let body =
         serde_json::json!({"scope": "cluster", "source_cluster": "orders", "keyspaces": ["shop"]});
-    let (status, _, started) = send_raw(
-        &http,
-        copy_api,
-        "POST",
-        "/v1/restores",
-        Some(&body.to_string()),
-    )
-    .await;
-    assert_eq!(status, 202, "{started}");
+    let started = accepted(&http, copy_api, "/v1/restores", body).await;
     let job = job_end(&http, copy_api, &started, Duration::from_secs(300)).await;
     assert_eq!(job["state"], "succeeded", "{job}");
     let (_, shown) = restore_view(&http, copy_api, started["id"].as_str().unwrap()).await;
@@ -718,6 +644,53 @@ async fn restore_view(http: &reqwest::Client, api: &str, id: &str) -> (u16, Valu
     (status, view)
 }
 
+/// POSTs `body` to `path` and requires 202; returns the answer.
+async fn accepted(http: &reqwest::Client, api: &str, path: &str, body: Value) -> Value {
+    let (status, _, answer) = send_raw(http, api, "POST", path, Some(&body.to_string())).await;
+    assert_eq!(status, 202, "POST {path} {body}: {answer}");
+    answer
+}
+
+/// Asks `api` for a cluster backup and waits for its job; returns the 202
+/// answer and the ended job.
+async fn cluster_backup(http: &reqwest::Client, api: &str) -> (Value, Value) {
+    let body = serde_json::json!({"scope": "cluster"});
+    let started = accepted(http, api, "/v1/backups", body).await;
+    let job = job_end(http, api, &started, Duration::from_secs(300)).await;
+    (started, job)
+}
+
+/// Starts a cluster-wide restore of `keyspace` through `api` (202); returns
+/// the answer.
+async fn cluster_restore(http: &reqwest::Client, api: &str, keyspace: &str) -> Value {
+    let body = serde_json::json!({"scope": "cluster", "keyspaces": [keyspace]});
+    accepted(http, api, "/v1/restores", body).await
+}
+
+/// Cancels the restore that `started` (a 202 answer from `api`) names, waits
+/// for its job, and requires it to end as cancelled; returns the job.
+async fn cancel_restore(http: &reqwest::Client, api: &str, started: &Value) -> Value {
+    let id = started["id"].as_str().unwrap();
+    let (status, _, answer) = send_raw(
+        http,
+        api,
+        "POST",
+        &format!("/v1/restores/{id}/cancel"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 202, "{answer}");
+    let job = job_end(http, api, started, Duration::from_secs(60)).await;
+    assert!(
+        job["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("cancelled"),
+        "{job}"
+    );
+    job
+}
+
 /// Polls the job that `started` (a 202 answer from `api`) names until it ends.
 async fn job_end(http: &reqwest::Client, api: &str, started: &Value, timeout: Duration) -> Value {
     let location = format!("/v1/jobs/{}", started["job"]["id"].as_str().unwrap());
@@ -824,15 +797,20 @@ async fn count_at(address: std::net::IpAddr, table: &str, consistency: Consisten
     }
 }
 
-async fn write_rows(address: std::net::IpAddr, rf: u32, rows: i32) {
-    let session = cql(address).await;
+/// Creates `keyspace` with `rf` replicas in dc1.
+async fn create_keyspace(session: &scylla::client::session::Session, keyspace: &str, rf: u32) {
     session
         .query_unpaged(
-            format!("CREATE KEYSPACE data WITH replication = {{'class': 'NetworkTopologyStrategy', 'dc1': {rf}}}"),
+            format!("CREATE KEYSPACE {keyspace} WITH replication = {{'class': 'NetworkTopologyStrategy', 'dc1': {rf}}}"),
             (),
         )
         .await
         .unwrap();
+}
+
+async fn write_rows(address: std::net::IpAddr, rf: u32, rows: i32) {
+    let session = cql(address).await;
+    create_keyspace(&session, "data", rf).await;
     session
         .query_unpaged("CREATE TABLE data.rows (id int PRIMARY KEY, v text)", ())
         .await
@@ -851,13 +829,7 @@ async fn write_rows(address: std::net::IpAddr, rf: u32, rows: i32) {
 /// rows of `size` random bytes.
 async fn write_blobs(address: std::net::IpAddr, keyspace: &str, rows: i32, size: usize) {
     let session = cql(address).await;
-    session
-        .query_unpaged(
-            format!("CREATE KEYSPACE {keyspace} WITH replication = {{'class': 'NetworkTopologyStrategy', 'dc1': 3}}"),
-            (),
-        )
-        .await
-        .unwrap();
+    create_keyspace(&session, keyspace, 3).await;
     session
         .query_unpaged(
             format!("CREATE TABLE {keyspace}.blobs (id int PRIMARY KEY, payload blob)"),

@@ -1,6 +1,6 @@
 use anchises_backup::files::Progress;
 use anchises_backup::manifest::BackupId;
-use anchises_backup::restore::{plan_slot, stage, staged_path, Point, Selection};
+use anchises_backup::restore::{plan_slot, stage, staged_path, Point, Selection, SlotPlan};
 use anchises_backup::upload::Throttle;
 use anchises_backup::{BackupError, ObjectStore};
 use time::OffsetDateTime;
@@ -111,15 +111,20 @@ pub async fn a_point_in_time_takes_incrementals_written_up_to_it(store: ObjectSt
     assert_eq!(now.incremental_files, 8);
 }
 
+/// Backs `node` up to `store` (backup `tag`) and plans restoring all of it.
+async fn backed_up_plan(node: &Node, store: &ObjectStore, tag: &str) -> SlotPlan {
+    let backups = node.backups(store);
+    back_up(&backups, node, tag).await.unwrap();
+    plan_slot(&backups.catalog, &slot(), &Point::Latest, &all())
+        .await
+        .unwrap()
+}
+
 pub async fn staging_verifies_every_file_and_resumes(store: ObjectStore) {
     let node = Node::new();
     node.write_sstable(T1, 1, 300_000);
     node.write_sstable(T2, 1, 300_000);
-    let backups = node.backups(&store);
-    back_up(&backups, &node, "s").await.unwrap();
-    let plan = plan_slot(&backups.catalog, &slot(), &Point::Latest, &all())
-        .await
-        .unwrap();
+    let plan = backed_up_plan(&node, &store, "s").await;
     let staging = tempfile::tempdir().unwrap();
     let progress = Progress::default();
     let n = stage(
@@ -241,11 +246,7 @@ pub async fn a_manifest_entry_that_escapes_the_data_directory_is_refused(store: 
 pub async fn a_cancel_does_not_wait_for_the_throttle(store: ObjectStore) {
     let node = Node::new();
     node.write_sstable(T1, 1, 300_000);
-    let backups = node.backups(&store);
-    back_up(&backups, &node, "c").await.unwrap();
-    let plan = plan_slot(&backups.catalog, &slot(), &Point::Latest, &all())
-        .await
-        .unwrap();
+    let plan = backed_up_plan(&node, &store, "c").await;
     // At 1 KiB/s the files would take minutes; the cancel comes after 300 ms.
     let staging = tempfile::tempdir().unwrap();
     let cancel = CancellationToken::new();

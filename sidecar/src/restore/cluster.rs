@@ -679,11 +679,8 @@ impl Restores {
                 // this part (it stopped reporting): nobody reads this status
                 // any more, so none is left behind.
                 self.cancel_scoped(&id, Scope::Node);
-                match store.delete(&key).await {
-                    Ok(()) | Err(StoreError::NotFound { .. }) => {}
-                    Err(e) => {
-                        tracing::warn!(restore = %id, error = %e, "cannot remove the part's status")
-                    }
+                if let Err(e) = store.delete(&key).await {
+                    tracing::warn!(restore = %id, error = %e, "cannot remove the part's status");
                 }
                 return;
             }
