@@ -408,6 +408,11 @@ async fn one_request_creates_a_three_node_cluster_with_the_computed_tokens() {
         })
         .await;
     }
+    let staging = part_dirs(&control.dir, &running_id);
+    assert_eq!(staging.len(), 3);
+    for dir in &staging {
+        assert!(dir.join("state.json").is_file(), "{}", dir.display());
+    }
     cancel_restore(&http, &api, &started).await;
     for n in nodes {
         let node_api = n["api"].as_str().unwrap();
@@ -421,13 +426,15 @@ async fn one_request_creates_a_three_node_cluster_with_the_computed_tokens() {
         );
     }
     assert_eq!(count_at(third, "bulk.blobs", Consistency::All).await, 0);
-    // The parts of a cancelled restore leave no status behind.
+    // The parts of a cancelled restore leave no status behind, and no
+    // staged files on the nodes (nothing can continue them).
     no_files_left(
         &control
             .dir
             .join(format!("backups/orders/restores/status/{running_id}")),
     )
     .await;
+    no_part_files_left(&control.dir, &running_id).await;
 
     // A node whose sidecar hangs mid-part (SIGSTOP: its process is there, so
     // the control plane does not replace it) stops reporting: 2 minutes later
@@ -469,6 +476,7 @@ async fn one_request_creates_a_three_node_cluster_with_the_computed_tokens() {
             .join(format!("backups/orders/restores/status/{silent_id}")),
     )
     .await;
+    no_part_files_left(&control.dir, &silent_id).await;
     assert_eq!(count_at(third, "bulk.blobs", Consistency::All).await, 4000);
 
     // Delete stops every node and forgets the cluster.
@@ -748,6 +756,24 @@ fn files_under(dir: &std::path::Path) -> Vec<String> {
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(str::to_string)
+        .collect()
+}
+
+/// Waits (≤ 30 s) until no node of `orders` has files of its part of
+/// cluster restore `id` left on its disk.
+async fn no_part_files_left(control_dir: &std::path::Path, id: &str) {
+    for part in part_dirs(control_dir, id) {
+        no_files_left(&part).await;
+    }
+}
+
+/// Where each node of `orders` keeps its part of cluster restore `id`.
+fn part_dirs(control_dir: &std::path::Path, id: &str) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(control_dir.join("clusters/orders"))
+        .unwrap()
+        .map(|node_dir| node_dir.unwrap().path())
+        .filter(|node_dir| node_dir.join("anchises.toml").is_file())
+        .map(|node_dir| node_dir.join(format!("node/anchises/restore/{id}")))
         .collect()
 }
 

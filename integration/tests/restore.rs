@@ -332,6 +332,25 @@ async fn wait_restore(
     }
 }
 
+/// Starts a restore (202) and returns its id.
+async fn start_restore(node: &TestNode, request: &str) -> String {
+    let (status, _, started) = node.request("POST", "/v1/restores", Some(request)).await;
+    assert_eq!(status, 202, "{started}");
+    started["id"].as_str().unwrap().to_string()
+}
+
+/// Cancels running restore `id` (202) and waits until it has ended as
+/// cancelled; returns it.
+async fn cancel_restore(node: &TestNode, id: &str) -> Value {
+    let (status, _, body) = node
+        .request("POST", &format!("/v1/restores/{id}/cancel"), None)
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let r = wait_restore(node, id, "cancelled", |r| r["state"] != "running").await;
+    assert_eq!(r["state"], "cancelled", "{r}");
+    r
+}
+
 /// Makes `request` again after a crash: it continues restore `id` and succeeds.
 async fn continue_after_crash(node: &TestNode, request: &str, id: &str) {
     let (status, _, started) = node.request("POST", "/v1/restores", Some(request)).await;
@@ -375,26 +394,23 @@ async fn a_cancelled_or_killed_restore_continues_where_it_stopped() {
     let before_t = scan(&session, "bulk.t").await.len();
     let before_u = scan(&session, "bulk.u").await;
     assert_eq!(before_t, 24_000);
-    backup(&node, r#"{"keyspaces": ["bulk"]}"#).await;
+    let bulk_backup = backup(&node, r#"{"keyspaces": ["bulk"]}"#).await;
     exec(&session, "TRUNCATE bulk.t").await;
     exec(&session, "TRUNCATE bulk.u").await;
     drop(session);
     let request = r#"{"keyspaces": ["bulk"]}"#;
 
     // Cancel while downloading: the restore stops, nothing is imported.
-    let (status, _, started) = node.request("POST", "/v1/restores", Some(request)).await;
-    assert_eq!(status, 202, "{started}");
-    let id = started["id"].as_str().unwrap().to_string();
+    let id = start_restore(&node, request).await;
     wait_restore(&node, &id, "downloading", |r| {
         r["progress"]["bytes_done"].as_u64() > Some(2_000_000)
     })
     .await;
     let (status, _, body) = node
-        .request("POST", &format!("/v1/restores/{id}/cancel"), None)
+        .request("DELETE", &format!("/v1/restores/{id}"), None)
         .await;
-    assert_eq!(status, 202, "{body}");
-    let r = wait_restore(&node, &id, "cancelled", |r| r["state"] != "running").await;
-    assert_eq!(r["state"], "cancelled", "{r}");
+    assert_eq!(status, 409, "a running restore is not discarded: {body}");
+    let r = cancel_restore(&node, &id).await;
     assert_eq!(r["imported_tables"], serde_json::json!([]), "{r}");
     let (status, _, body) = node
         .request("POST", &format!("/v1/restores/{id}/cancel"), None)
@@ -415,6 +431,29 @@ async fn a_cancelled_or_killed_restore_continues_where_it_stopped() {
     node.kill_sidecar();
     assert!(TestNode::wait_gone(jvm, Duration::from_secs(30)));
     node.respawn(None).await;
+    // The new sidecar lists the restore as interrupted, with what is staged.
+    let (_, r) = node.get(&format!("/v1/restores/{id}")).await;
+    assert_eq!(r["state"], "interrupted", "{r}");
+    assert_eq!(r["job"], Value::Null, "{r}");
+    assert_eq!(
+        r["request"]["keyspaces"],
+        serde_json::json!(["bulk"]),
+        "{r}"
+    );
+    let staged = r["progress"]["bytes_done"].as_u64().unwrap();
+    assert!(
+        staged > 0 && staged <= staged_before_kill,
+        "{staged} bytes staged of {staged_before_kill} read before the kill: {r}"
+    );
+    let (_, listed) = node.get("/v1/restores").await;
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["id"] == id.as_str()),
+        "{listed}"
+    );
     node.wait_normal().await;
     let session = cql(node.address).await;
     assert!(
@@ -510,9 +549,7 @@ async fn a_cancelled_or_killed_restore_continues_where_it_stopped() {
     }
     drop(session);
     let request = r#"{"keyspaces": ["many"]}"#;
-    let (status, _, started) = node.request("POST", "/v1/restores", Some(request)).await;
-    assert_eq!(status, 202, "{started}");
-    let id = started["id"].as_str().unwrap().to_string();
+    let id = start_restore(&node, request).await;
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let (_, r) = node.get(&format!("/v1/restores/{id}")).await;
@@ -577,6 +614,65 @@ async fn a_cancelled_or_killed_restore_continues_where_it_stopped() {
             );
         }
     }
+
+    // Deleting a cancelled restore removes what it staged; the same request
+    // then starts afresh. A finished one is forgotten.
+    let (status, _, body) = node
+        .request("DELETE", &format!("/v1/restores/{id}"), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["files"], 0,
+        "a finished restore has nothing staged: {body}"
+    );
+    let (status, _) = node.get(&format!("/v1/restores/{id}")).await;
+    assert_eq!(status, 404);
+    let request = format!(r#"{{"backup_id": "{bulk_backup}", "tables": ["bulk.t"]}}"#);
+    let request = request.as_str();
+    let id = start_restore(&node, request).await;
+    wait_restore(&node, &id, "downloading", |r| {
+        r["progress"]["files_done"].as_u64() > Some(1)
+    })
+    .await;
+    cancel_restore(&node, &id).await;
+    let dir = node.dir.join(format!("anchises/restore/{id}"));
+    let on_disk = std::fs::read_dir(dir.join("staging/bulk"))
+        .unwrap()
+        .flatten()
+        .flat_map(|t| std::fs::read_dir(t.path()).unwrap().flatten())
+        .filter(|f| !f.file_name().to_string_lossy().starts_with('.'))
+        .map(|f| f.metadata().unwrap().len())
+        .collect::<Vec<_>>();
+    assert!(!on_disk.is_empty(), "files are staged");
+    let (status, _, body) = node
+        .request("DELETE", &format!("/v1/restores/{id}"), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["files"], on_disk.len(), "{body}");
+    assert_eq!(body["bytes"], on_disk.iter().sum::<u64>(), "{body}");
+    assert!(!dir.exists(), "{} is removed", dir.display());
+    for (method, path) in [
+        ("GET", format!("/v1/restores/{id}")),
+        ("DELETE", format!("/v1/restores/{id}")),
+        ("DELETE", "/v1/restores/..%2Fstate".to_string()),
+    ] {
+        let (status, _, body) = node.request(method, &path, None).await;
+        assert_eq!(status, 404, "{method} {path}: {body}");
+    }
+    let again = start_restore(&node, request).await;
+    assert_ne!(again, id, "a discarded restore is not continued");
+    let r = wait_restore(&node, &again, "downloading", |r| {
+        r["progress"]["files_done"].as_u64() > Some(0)
+    })
+    .await;
+    assert_eq!(r["progress"]["files_reused"], 0, "{r}");
+    cancel_restore(&node, &again).await;
+    let (_, doc) = node.get("/v1/openapi.json").await;
+    assert!(
+        doc["paths"]["/v1/restores/{id}"]["delete"].is_object(),
+        "{}",
+        doc["paths"]["/v1/restores/{id}"]
+    );
 }
 
 /// A full-node restore whose node does not come back rolls back: here the

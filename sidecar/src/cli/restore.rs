@@ -1,6 +1,6 @@
 //! `anchises restore …`: restore keyspaces and tables into the running node
-//! from its backups (or another cluster's) and follow the progress; list, show
-//! and cancel restores, through the node sidecar's `/v1/restores`.
+//! from its backups (or another cluster's) and follow the progress; list, show,
+//! cancel and delete restores, through the node sidecar's `/v1/restores`.
 
 use std::process::ExitCode;
 
@@ -17,8 +17,8 @@ use super::client::ApiClient;
 use super::output::{self, duration, pairs, shorten, size, text, when};
 use super::WaitArgs;
 
-/// `anchises restore [OPTIONS]` starts a restore; `list`, `show` and `cancel`
-/// act on restores.
+/// `anchises restore [OPTIONS]` starts a restore; `list`, `show`, `cancel` and
+/// `delete` act on restores.
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct RestoreArgs {
@@ -74,7 +74,8 @@ pub struct StartArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum RestoreCommand {
-    /// List the restores run by this node's sidecar, newest first.
+    /// List the restores run by this node's sidecar, and those an earlier one left
+    /// unfinished (interrupted), newest first.
     List,
     /// Show a restore: state, phase, plan, progress, imported tables, error.
     Show {
@@ -85,6 +86,13 @@ pub enum RestoreCommand {
     ///
     /// Staged files and imported tables are kept: the same request continues it.
     Cancel {
+        #[arg(value_parser = restore_id)]
+        id: String,
+    },
+    /// Forget a restore that is not running and remove what it staged.
+    ///
+    /// A cancelled, failed or interrupted restore cannot be continued afterwards.
+    Delete {
         #[arg(value_parser = restore_id)]
         id: String,
     },
@@ -161,6 +169,19 @@ pub async fn run(api: &ApiClient, args: RestoreArgs, json_out: bool) -> anyhow::
                 println!(
                     "cancelling restore {id}: it stops after the current file or table; \
                      staged files and imported tables are kept, and the same request continues it"
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(RestoreCommand::Delete { id }) => {
+            let answer = api.delete(&format!("/v1/restores/{id}")).await?;
+            if json_out {
+                println!("{answer}");
+            } else {
+                println!(
+                    "deleted restore {id}: {} staged files, {} removed",
+                    text(&answer["files"]),
+                    size(&answer["bytes"])
                 );
             }
             Ok(ExitCode::SUCCESS)
@@ -720,7 +741,7 @@ mod tests {
     }
 
     #[test]
-    fn list_show_and_cancel_are_subcommands() {
+    fn list_show_cancel_and_delete_are_subcommands() {
         assert!(matches!(
             restore(&["restore", "list"]).command,
             Some(RestoreCommand::List)
@@ -733,6 +754,11 @@ mod tests {
             restore(&["restore", "cancel", "r1a2b3c4d5e6f", "--json"]).command,
             Some(RestoreCommand::Cancel { id }) if id == "r1a2b3c4d5e6f"
         ));
+        assert!(matches!(
+            restore(&["restore", "delete", "r1a2b3c4d5e6f"]).command,
+            Some(RestoreCommand::Delete { id }) if id == "r1a2b3c4d5e6f"
+        ));
+        assert!(parse(&["restore", "delete", "../state"]).is_err());
         assert!(parse(&["restore", "show"]).is_err());
         assert!(parse(&["restore", "show", "../jobs"]).is_err());
         assert!(parse(&["restore", "cancel", ""]).is_err());

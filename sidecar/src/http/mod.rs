@@ -64,6 +64,7 @@ pub struct AppState {
         restores::list,
         restores::show,
         restores::cancel,
+        restores::discard,
     ),
     components(schemas(error::ErrorBody))
 )]
@@ -86,7 +87,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/backups/{id}/verify", post(backups::verify))
         .route("/v1/restores", post(restores::create).get(restores::list))
-        .route("/v1/restores/{id}", get(restores::show))
+        .route(
+            "/v1/restores/{id}",
+            get(restores::show).delete(restores::discard),
+        )
         .route("/v1/restores/{id}/cancel", post(restores::cancel))
         .route("/v1/jobs", get(jobs::list))
         .route("/v1/jobs/{id}", get(jobs::show))

@@ -10,7 +10,7 @@ use serde_json::json;
 use super::error::{ApiError, ErrorBody};
 use super::AppState;
 use crate::cassandra::supervisor::ProcessState;
-use crate::restore::CreateRestore;
+use crate::restore::{CreateRestore, Discard};
 
 /// Plans a restore (`"dry_run": true` answers 200 with the plan and what
 /// blocks it) or starts it (202 `{id, job}`). 400 when something blocks it,
@@ -54,7 +54,8 @@ pub async fn create(State(state): State<AppState>, bytes: Bytes) -> Result<Respo
         .into_response())
 }
 
-/// Restores run by this sidecar, newest first.
+/// Restores run by this sidecar, and those an earlier sidecar left
+/// unfinished (`interrupted`), newest first.
 #[utoipa::path(get, path = "/v1/restores", responses((status = 200, description = "restores")))]
 pub async fn list(State(state): State<AppState>) -> Response {
     Json(state.restores.list()).into_response()
@@ -96,5 +97,37 @@ pub async fn cancel(
             Json(json!({"id": id, "cancelling": true})),
         )
             .into_response()),
+    }
+}
+
+/// Forgets a restore that is not running and removes what it staged (and
+/// its saved state) from the data disk: a cancelled, failed or interrupted
+/// restore can no longer be continued afterwards. 200 `{id, discarded, files,
+/// bytes}` (the files and bytes that were staged); 404 if unknown, 409 while
+/// it runs.
+#[utoipa::path(delete, path = "/v1/restores/{id}",
+    params(("id" = String, Path, description = "restore id")),
+    responses((status = 200, description = "discarded: `{id, discarded, files, bytes}`"), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 500, body = ErrorBody)))]
+pub async fn discard(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    match state.restores.discard(&id).await {
+        Discard::Unknown => Err(ApiError::not_found(format!("no restore {id}"))),
+        Discard::Running => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("restore {id} is running; cancel it first"),
+        )),
+        Discard::Failed(e) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot remove the files of restore {id}: {e}"),
+        )),
+        Discard::Done(staged) => Ok(Json(json!({
+            "id": id,
+            "discarded": true,
+            "files": staged.files,
+            "bytes": staged.bytes,
+        }))
+        .into_response()),
     }
 }

@@ -18,13 +18,15 @@ use std::time::Duration;
 use anchises_backup::files::ProgressView;
 use anchises_backup::manifest::{BackupId, SlotRef};
 use anchises_backup::restore::Point;
-use anchises_backup::{BackupError, ObjectKey, StoreError};
+use anchises_backup::{BackupError, ObjectKey, ObjectStore, StoreError};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
-use super::{finish, new_id, CreateRestore, PlanView, RestoreState, Restores, Run, Shared};
+use super::{
+    finish, new_id, CreateRestore, Discard, PlanView, RestoreState, Restores, Run, Shared,
+};
 // Polling, pick-up timeout and request lifetime as for cluster backups.
 use crate::backup::cluster::{
     get_json, put_json, ClusterBackups, RequestedNode, PICKUP_TIMEOUT, POLL, REQUEST_TTL,
@@ -405,7 +407,7 @@ impl Restores {
         self.runs.lock().expect("runs lock").push(Run {
             id: id.to_string(),
             scope: Scope::Cluster,
-            job: job.id,
+            job: Some(job.id),
             started_at,
             request: asked,
             cancel,
@@ -549,6 +551,9 @@ impl Restores {
         let Some(cluster) = self.backups.cluster.clone() else {
             return;
         };
+        if let Err(e) = self.sweep(&cluster).await {
+            tracing::warn!(error = %e, "cannot clear up after ended cluster restores");
+        }
         let handled = Arc::new(Mutex::new(HashSet::new()));
         loop {
             if let Err(e) = self.pick_up(&cluster, &handled, &stop).await {
@@ -595,11 +600,32 @@ impl Restores {
             }
             let key = status_key(&id, &me)?;
             let reported = get_json::<NodePart>(store, &key).await?;
+            let part = PartKeys {
+                id: id.clone(),
+                request: object.key.clone(),
+                status: key.clone(),
+                requested_at: request.requested_at,
+            };
+            let report = |part: PartKeys, ended: bool| {
+                tokio::spawn(self.clone().report(
+                    cluster.clone(),
+                    part,
+                    target.clone(),
+                    handled.clone(),
+                    stop.clone(),
+                    ended,
+                ));
+            };
             if reported
                 .as_ref()
                 .is_some_and(|p| !matches!(p.state, RestoreState::Pending | RestoreState::Running))
             {
-                handled.lock().expect("handled lock").insert(id);
+                handled.lock().expect("handled lock").insert(id.clone());
+                // Ended (failed or cancelled) before this sidecar started,
+                // with its files still here: they go with the request.
+                if self.show_scoped(&id, Scope::Node).is_some() {
+                    report(part, true);
+                }
                 continue;
             }
             // Not started yet, or started by a sidecar that died: (re)start
@@ -611,14 +637,7 @@ impl Restores {
                 Ok((_, job)) => {
                     handled.lock().expect("handled lock").insert(id.clone());
                     tracing::info!(restore = %id, job = %job.id, "cluster restore request picked up");
-                    tokio::spawn(self.clone().report(
-                        cluster.clone(),
-                        id.clone(),
-                        (object.key.clone(), key),
-                        target.clone(),
-                        handled.clone(),
-                        stop.clone(),
-                    ));
+                    report(part, false);
                 }
                 Err(StartError::Conflict(c)) => {
                     tracing::info!(restore = %id, running = %c.running.id, "cluster restore request waits for a running backup or restore");
@@ -651,66 +670,185 @@ impl Restores {
         Ok(())
     }
 
-    /// Writes this node's part to its status object until it ends; stops the
-    /// part, and removes its status, if the request disappears (the cluster
-    /// restore was cancelled, or ended without this part).
+    /// Writes this node's part to its status object until it ends (unless it
+    /// has `ended` already, as reported by an earlier sidecar), then
+    /// waits for the request to go. Once it is gone (the restore ended, was
+    /// cancelled, or its coordinator gave up on this part) the part is
+    /// stopped if it still runs, and its staged files and status are
+    /// removed: nothing can continue it (the same cluster restore made again
+    /// has a new id) and nobody reads the status any more.
     async fn report(
         self: Arc<Self>,
         cluster: Arc<ClusterBackups>,
-        id: String,
-        (request, key): (ObjectKey, ObjectKey),
+        part: PartKeys,
         target: Target,
         handled: Arc<Mutex<HashSet<String>>>,
         stop: CancellationToken,
+        mut ended: bool,
     ) {
         let store = cluster.store();
+        let id = &part.id;
         loop {
-            let Some(view) = self.show_scoped(&id, Scope::Node) else {
+            let Some(view) = self.show_scoped(id, Scope::Node) else {
                 return;
             };
             if view.state == RestoreState::Cancelled && stop.is_cancelled() {
                 // Stopped by this sidecar's shutdown, not by a cancel: the
                 // status stays running for the next sidecar to continue.
-                handled.lock().expect("handled lock").remove(&id);
+                handled.lock().expect("handled lock").remove(id);
                 return;
             }
-            if matches!(store.head(&request).await, Err(StoreError::NotFound { .. })) {
-                // Withdrawn by a cancel, or ended by its coordinator without
-                // this part (it stopped reporting): nobody reads this status
-                // any more, so none is left behind.
-                self.cancel_scoped(&id, Scope::Node);
-                if let Err(e) = store.delete(&key).await {
-                    tracing::warn!(restore = %id, error = %e, "cannot remove the part's status");
+            if matches!(
+                store.head(&part.request).await,
+                Err(StoreError::NotFound { .. })
+            ) {
+                self.cancel_scoped(id, Scope::Node);
+                self.remove_part(store, &part).await;
+                return;
+            }
+            if !ended {
+                let part_now = NodePart {
+                    slot: target.slot.clone(),
+                    address: target.address.clone(),
+                    state: view.state,
+                    phase: view.phase.clone(),
+                    source: view.plan.as_ref().map(|p| p.source.clone()),
+                    progress: view.progress.clone(),
+                    imported_tables: view.imported_tables.clone(),
+                    error: view.error.clone(),
+                    updated_at: Some(OffsetDateTime::now_utc()),
+                };
+                match put_json(store, &part.status, &part_now).await {
+                    Ok(()) => ended = view.state != RestoreState::Running,
+                    Err(e) => {
+                        tracing::warn!(restore = %id, error = %e, "cannot report the restore's state")
+                    }
                 }
-                return;
-            }
-            let part = NodePart {
-                slot: target.slot.clone(),
-                address: target.address.clone(),
-                state: view.state,
-                phase: view.phase.clone(),
-                source: view.plan.as_ref().map(|p| p.source.clone()),
-                progress: view.progress.clone(),
-                imported_tables: view.imported_tables.clone(),
-                error: view.error.clone(),
-                updated_at: Some(OffsetDateTime::now_utc()),
-            };
-            if let Err(e) = put_json(store, &key, &part).await {
-                tracing::warn!(restore = %id, error = %e, "cannot report the restore's state");
-            }
-            if view.state != RestoreState::Running {
+            } else if OffsetDateTime::now_utc() - part.requested_at > REQUEST_TTL {
+                // A request nobody ends: its coordinator is gone for good.
                 return;
             }
             tokio::select! {
                 _ = tokio::time::sleep(POLL) => {}
                 _ = stop.cancelled() => {
-                    // The sidecar stops: the next one picks the part up again.
-                    handled.lock().expect("handled lock").remove(&id);
+                    // The sidecar stops: the next one picks the part up again
+                    // (or, the request gone, removes what is left of it).
+                    handled.lock().expect("handled lock").remove(id);
                     return;
                 }
             }
         }
     }
+
+    /// Removes what is left of this node's part of a cluster restore whose
+    /// request is gone: once the part has stopped (it was just cancelled),
+    /// its directory, then its status.
+    async fn remove_part(&self, store: &ObjectStore, part: &PartKeys) {
+        let id = &part.id;
+        let deadline = tokio::time::Instant::now() + PART_STOP_TIMEOUT;
+        while self
+            .show_scoped(id, Scope::Node)
+            .is_some_and(|v| v.state == RestoreState::Running)
+        {
+            if tokio::time::Instant::now() > deadline {
+                tracing::warn!(restore = %id, "the part did not stop; its staged files stay");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if !self
+            .show_scoped(id, Scope::Node)
+            .is_some_and(|v| v.state == RestoreState::Running)
+        {
+            match self.remove_part_files(id).await {
+                Discard::Done(staged) if staged.files > 0 => {
+                    tracing::info!(restore = %id, files = staged.files, bytes = staged.bytes, "removed the staged files of the ended part")
+                }
+                Discard::Failed(e) => {
+                    tracing::warn!(restore = %id, error = %e, "cannot remove the part's staged files")
+                }
+                _ => {}
+            }
+        }
+        if let Err(e) = store.delete(&part.status).await {
+            tracing::warn!(restore = %id, error = %e, "cannot remove the part's status");
+        }
+        // A part an earlier sidecar left has nothing to continue any more.
+        self.runs.lock().expect("runs lock").retain(|r| {
+            !(r.id == *id
+                && r.scope == Scope::Node
+                && r.shared.lock().expect("restore lock").state == Some(RestoreState::Interrupted))
+        });
+    }
+
+    /// At start: this node's parts of cluster restores whose request went
+    /// while the sidecar was down lose their staged files, and every status
+    /// object whose request is gone is removed (a node writes its status only
+    /// after seeing the request, and the request goes first at the end).
+    async fn sweep(&self, cluster: &ClusterBackups) -> Result<(), BackupError> {
+        let store = cluster.store();
+        let me = self.backups.slot().clone();
+        let parts: Vec<String> = super::saved_states(&self.root())
+            .into_iter()
+            .filter(|(_, saved)| saved.cluster_part)
+            .map(|(id, _)| id)
+            .collect();
+        for id in parts {
+            let request = request_key(cluster.cluster(), &id)?;
+            if matches!(store.head(&request).await, Err(StoreError::NotFound { .. })) {
+                let part = PartKeys {
+                    status: status_key(&id, &me)?,
+                    request,
+                    requested_at: OffsetDateTime::now_utc(),
+                    id: id.clone(),
+                };
+                self.remove_part(store, &part).await;
+            }
+        }
+        let orphans = orphan_statuses(store, cluster.cluster()).await?;
+        if !orphans.is_empty() {
+            tracing::info!(
+                count = orphans.len(),
+                "removing statuses of cluster restores that have ended"
+            );
+            store.delete_many(&orphans).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The keys of one node's part of a cluster restore.
+struct PartKeys {
+    id: String,
+    request: ObjectKey,
+    status: ObjectKey,
+    requested_at: OffsetDateTime,
+}
+
+/// How long a cancelled part may take to stop before its files are left.
+const PART_STOP_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Status objects of `cluster`'s restores whose request is gone.
+async fn orphan_statuses(store: &ObjectStore, cluster: &str) -> Result<Vec<ObjectKey>, StoreError> {
+    let prefix = format!("{cluster}/restores/status/");
+    let mut by_id: std::collections::BTreeMap<String, Vec<ObjectKey>> = Default::default();
+    for object in store.list(&prefix).await? {
+        let Some(id) = object.key.as_str()[prefix.len()..].split('/').next() else {
+            continue;
+        };
+        by_id
+            .entry(id.to_string())
+            .or_default()
+            .push(object.key.clone());
+    }
+    let mut orphans = Vec::new();
+    for (id, keys) in by_id {
+        let request = request_key(cluster, &id)?;
+        if matches!(store.head(&request).await, Err(StoreError::NotFound { .. })) {
+            orphans.extend(keys);
+        }
+    }
+    Ok(orphans)
 }
 
 fn pending(t: &Target) -> NodePart {
@@ -774,5 +912,31 @@ mod tests {
         ] {
             assert!(!part(ended, Some(0), now).awaited(early, now));
         }
+    }
+
+    #[tokio::test]
+    async fn statuses_whose_request_is_gone_are_orphans() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ObjectStore::filesystem(dir.path()).unwrap();
+        let put = |key: String| {
+            let store = store.clone();
+            async move {
+                let key = ObjectKey::new(key).unwrap();
+                put_json(&store, &key, &json!({})).await.unwrap();
+                key
+            }
+        };
+        put("orders/restores/requests/r1.json".into()).await;
+        put("orders/restores/status/r1/dc1/0.json".into()).await;
+        put("orders/restores/status/r1/dc2/1.json".into()).await;
+        let gone0 = put("orders/restores/status/r2/dc1/0.json".into()).await;
+        let gone2 = put("orders/restores/status/r2/dc1/2.json".into()).await;
+        // Another cluster's, in the same store.
+        put("billing/restores/status/r3/dc1/0.json".into()).await;
+        assert_eq!(
+            orphan_statuses(&store, "orders").await.unwrap(),
+            vec![gone0, gone2]
+        );
+        assert_eq!(orphan_statuses(&store, "empty").await.unwrap(), vec![]);
     }
 }

@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use anchises_backup::catalog::Catalog;
@@ -196,6 +197,9 @@ pub enum RestoreState {
     Done,
     Failed,
     Cancelled,
+    /// Left unfinished by a sidecar that stopped mid-restore (found on disk
+    /// at start): the same request continues it, `DELETE` discards it.
+    Interrupted,
 }
 
 /// `GET /v1/restores/{id}`.
@@ -212,7 +216,8 @@ pub struct RestoreView {
     pub started_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339::option")]
     pub finished_at: Option<OffsetDateTime>,
-    pub job: uuid::Uuid,
+    /// The job that ran it; none for an interrupted restore.
+    pub job: Option<uuid::Uuid>,
     pub request: CreateRestore,
     pub plan: Option<PlanView>,
     pub progress: ProgressView,
@@ -239,12 +244,20 @@ struct SavedState {
     #[serde(default)]
     importing: Option<String>,
     finished: bool,
+    /// When the restore first started (absent from older versions' states).
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    started_at: Option<OffsetDateTime>,
+    /// A node's part of a cluster restore (its directory is named after the
+    /// cluster restore): of no use once that request is gone, since making
+    /// the cluster restore again gives it a new id.
+    #[serde(default)]
+    cluster_part: bool,
 }
 
 struct Run {
     id: String,
     scope: Scope,
-    job: uuid::Uuid,
+    job: Option<uuid::Uuid>,
     started_at: OffsetDateTime,
     request: CreateRestore,
     cancel: CancellationToken,
@@ -271,10 +284,13 @@ pub struct Restores {
 const TABLES_MBEAN: &str = "org.apache.cassandra.db:type=Tables";
 
 impl Restores {
+    /// Restores left unfinished by an earlier sidecar are listed as
+    /// `interrupted`.
     pub fn new(backups: Arc<Backups>) -> Arc<Self> {
+        let root = crate::backup::state_dir(&backups.config).join("restore");
         Arc::new(Restores {
             backups,
-            runs: Mutex::new(Vec::new()),
+            runs: Mutex::new(interrupted(&root)),
         })
     }
 
@@ -472,10 +488,13 @@ impl Restores {
                 view.blockers.join("; ")
             )));
         }
+        let cluster_part = id.is_some();
         let id = id.or_else(|| self.unfinished(&req)).unwrap_or_else(new_id);
         let dir = self.root().join(&id);
         let mut saved = read_state(&dir).unwrap_or_default();
         saved.request = req.clone();
+        saved.started_at.get_or_insert_with(OffsetDateTime::now_utc);
+        saved.cluster_part = cluster_part;
         write_state(&dir, &saved)
             .map_err(|e| StartError::Invalid(format!("cannot write the restore state: {e}")))?;
         let shared = Arc::new(Mutex::new(Shared {
@@ -515,7 +534,7 @@ impl Restores {
         runs.push(Run {
             id: id.clone(),
             scope: Scope::Node,
-            job: job.id,
+            job: Some(job.id),
             started_at: OffsetDateTime::now_utc(),
             request: req,
             cancel,
@@ -527,15 +546,48 @@ impl Restores {
 
     /// An unfinished restore (on disk) with the same request.
     fn unfinished(&self, req: &CreateRestore) -> Option<String> {
-        let entries = std::fs::read_dir(self.root()).ok()?;
-        for entry in entries.flatten() {
-            if let Some(saved) = read_state(&entry.path()) {
-                if !saved.finished && saved.request == *req {
-                    return Some(entry.file_name().to_string_lossy().into_owned());
-                }
+        saved_states(&self.root())
+            .into_iter()
+            .find(|(_, saved)| !saved.finished && saved.request == *req)
+            .map(|(id, _)| id)
+    }
+
+    /// Forgets restore `id` (every scope of it) and removes its directory:
+    /// what it staged and its saved state. Refused while it runs.
+    pub async fn discard(&self, id: &str) -> Discard {
+        let set_aside = {
+            let mut runs = self.runs.lock().expect("runs lock");
+            let mine: Vec<&Run> = runs.iter().filter(|r| r.id == id).collect();
+            if mine.iter().any(|r| {
+                r.shared.lock().expect("restore lock").state == Some(RestoreState::Running)
+            }) {
+                return Discard::Running;
             }
+            let known = !mine.is_empty();
+            // Renamed while the lock is held, so that the same request made
+            // at once starts afresh instead of continuing what goes.
+            let set_aside = set_aside(&self.root(), id);
+            if !known && matches!(set_aside, Ok(None)) {
+                return Discard::Unknown;
+            }
+            runs.retain(|r| r.id != id);
+            set_aside
+        };
+        match set_aside {
+            Ok(None) => Discard::Done(Staged::default()),
+            Ok(Some(dir)) => remove_set_aside(dir).await,
+            Err(e) => Discard::Failed(e.to_string()),
         }
-        None
+    }
+
+    /// Removes the directory of this node's part of cluster restore `id`
+    /// (which can no longer continue), keeping the part's record in memory.
+    async fn remove_part_files(&self, id: &str) -> Discard {
+        match set_aside(&self.root(), id) {
+            Ok(None) => Discard::Done(Staged::default()),
+            Ok(Some(dir)) => remove_set_aside(dir).await,
+            Err(e) => Discard::Failed(e.to_string()),
+        }
     }
 
     async fn run(
@@ -777,10 +829,10 @@ impl Restores {
         let _ = std::fs::remove_dir_all(&aside);
         let _ = std::fs::remove_dir_all(&staging);
         let saved = SavedState {
-            request: read_state(dir).map(|s| s.request).unwrap_or_default(),
             imported: plan.tables.clone(),
             importing: None,
             finished: true,
+            ..read_state(dir).unwrap_or_default()
         };
         save_state(dir, &saved)?;
         shared.lock().expect("restore lock").imported = plan.tables.clone();
@@ -971,6 +1023,143 @@ fn table_of(f: &anchises_backup::manifest::FileEntry) -> String {
         f.keyspace,
         anchises_backup::layout::table_name_of_dir(&f.table_dir).unwrap_or(&f.table_dir)
     )
+}
+
+/// What [`Restores::discard`] did.
+#[derive(Debug, PartialEq)]
+pub enum Discard {
+    Unknown,
+    Running,
+    Done(Staged),
+    Failed(String),
+}
+
+/// Files and bytes staged by a restore.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Serialize)]
+pub struct Staged {
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// Prefix of a restore directory being removed (skipped by every reader;
+/// removed at start if a sidecar stopped while removing it).
+const DISCARDED: &str = ".discarded-";
+
+/// Every restore directory under `root` with its saved state, by id.
+fn saved_states(root: &Path) -> Vec<(String, SavedState)> {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let id = entry.file_name().to_string_lossy().into_owned();
+            if id.starts_with('.') {
+                return None;
+            }
+            read_state(&entry.path()).map(|saved| (id, saved))
+        })
+        .collect()
+}
+
+/// The restores under `root` that a sidecar left unfinished, as
+/// `interrupted` runs: their request, when they started, the tables already
+/// imported and, as progress, what is staged. Also finishes removing
+/// directories a stopped sidecar was discarding.
+fn interrupted(root: &Path) -> Vec<Run> {
+    if let Ok(entries) = std::fs::read_dir(root) {
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(DISCARDED) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    saved_states(root)
+        .into_iter()
+        .filter(|(_, saved)| !saved.finished)
+        .map(|(id, saved)| {
+            let staged = staged(&root.join(&id).join("staging"));
+            let progress = Progress::default();
+            progress.files_done.store(staged.files, Ordering::Relaxed);
+            progress.bytes_done.store(staged.bytes, Ordering::Relaxed);
+            let phase = if saved.importing.is_some() || !saved.imported.is_empty() {
+                "import"
+            } else {
+                "stage"
+            };
+            let started_at = saved.started_at.unwrap_or_else(|| {
+                std::fs::metadata(root.join(&id).join("state.json"))
+                    .and_then(|m| m.modified())
+                    .map(OffsetDateTime::from)
+                    .unwrap_or_else(|_| OffsetDateTime::now_utc())
+            });
+            Run {
+                scope: Scope::Node,
+                job: None,
+                started_at,
+                request: saved.request,
+                cancel: CancellationToken::new(),
+                progress: Arc::new(progress),
+                shared: Arc::new(Mutex::new(Shared {
+                    phase: phase.into(),
+                    imported: saved.imported,
+                    state: Some(RestoreState::Interrupted),
+                    error: Some(format!(
+                        "the sidecar stopped during restore {id}; the same request continues it, DELETE /v1/restores/{id} discards what it staged"
+                    )),
+                    ..Shared::default()
+                })),
+                id,
+            }
+        })
+        .collect()
+}
+
+/// The files and bytes staged below `dir` (none if it does not exist); not
+/// counting downloads cut short (`.<name>.<uuid>.part`).
+fn staged(dir: &Path) -> Staged {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_type().is_file() && !e.file_name().to_string_lossy().starts_with('.'))
+        .fold(Staged::default(), |sum, e| Staged {
+            files: sum.files + 1,
+            bytes: sum.bytes + e.metadata().map(|m| m.len()).unwrap_or(0),
+        })
+}
+
+/// Renames restore `id`'s directory under `root` out of the way (so nothing
+/// continues it); `None` if there is no restore `id` (no saved state, or not
+/// a restore id).
+fn set_aside(root: &Path, id: &str) -> std::io::Result<Option<PathBuf>> {
+    let valid = !id.is_empty()
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    let dir = root.join(id);
+    if !valid || !dir.join("state.json").is_file() {
+        return Ok(None);
+    }
+    let aside = root.join(format!("{DISCARDED}{id}"));
+    if aside.exists() {
+        std::fs::remove_dir_all(&aside)?;
+    }
+    std::fs::rename(&dir, &aside)?;
+    Ok(Some(aside))
+}
+
+/// Removes a directory from [`set_aside`] and says what was staged in it.
+async fn remove_set_aside(dir: PathBuf) -> Discard {
+    let removed = tokio::task::spawn_blocking(move || {
+        let staged = staged(&dir.join("staging"));
+        std::fs::remove_dir_all(&dir).map(|()| staged)
+    })
+    .await;
+    match removed {
+        Ok(Ok(staged)) => Discard::Done(staged),
+        Ok(Err(e)) => Discard::Failed(e.to_string()),
+        Err(e) => Discard::Failed(e.to_string()),
+    }
 }
 
 fn read_state(dir: &Path) -> Option<SavedState> {
@@ -1311,5 +1500,107 @@ mod tests {
         r.mode = RestoreMode::Full;
         r.tables.clear();
         assert!(r.selection().unwrap_err().contains("one node at a time"));
+    }
+
+    fn write(path: &Path, bytes: usize) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, vec![7u8; bytes]).unwrap();
+    }
+
+    #[tokio::test]
+    async fn unfinished_restores_are_listed_as_interrupted_and_can_be_discarded() {
+        let root = tempfile::tempdir().unwrap();
+        let root = root.path();
+        let started = OffsetDateTime::now_utc() - time::Duration::hours(1);
+        let request = CreateRestore {
+            keyspaces: vec!["shop".into()],
+            ..CreateRestore::default()
+        };
+        // Mid-download: two files staged.
+        let downloading = SavedState {
+            request: request.clone(),
+            started_at: Some(started),
+            ..SavedState::default()
+        };
+        write_state(&root.join("r1"), &downloading).unwrap();
+        write(
+            &root.join("r1/staging/shop/orders-1/nb-1-big-Data.db"),
+            3000,
+        );
+        write(
+            &root.join("r1/staging/shop/orders-1/nb-1-big-Index.db"),
+            200,
+        );
+        write(
+            &root.join("r1/staging/shop/orders-1/.nb-2-big-Data.db.0f.part"),
+            99,
+        );
+        // Mid-import, from a version that did not record the start.
+        let importing = SavedState {
+            imported: vec!["shop.items".into()],
+            importing: Some("shop.orders".into()),
+            ..SavedState::default()
+        };
+        write_state(&root.join("r2"), &importing).unwrap();
+        // Finished: not listed, but still a restore that can be forgotten.
+        let finished = SavedState {
+            finished: true,
+            ..SavedState::default()
+        };
+        write_state(&root.join("r3"), &finished).unwrap();
+        // Not restores: a cluster copy's seed, and a directory a stopped
+        // sidecar was removing.
+        write(&root.join("seed-orders-x/done"), 0);
+        write(&root.join(".discarded-r9/staging/a/b/c"), 10);
+
+        let mut runs = interrupted(root);
+        runs.sort_by(|a, b| a.id.cmp(&b.id));
+        assert!(!root.join(".discarded-r9").exists());
+        let ids: Vec<&str> = runs.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["r1", "r2"]);
+        let r1 = &runs[0];
+        assert_eq!(r1.request, request);
+        assert_eq!(r1.started_at, started);
+        assert_eq!(r1.job, None);
+        let view = r1.progress.view();
+        assert_eq!((view.files_done, view.bytes_done), (2, 3200));
+        {
+            let shared = r1.shared.lock().unwrap();
+            assert_eq!(shared.state, Some(RestoreState::Interrupted));
+            assert_eq!(shared.phase, "stage");
+            assert!(shared
+                .error
+                .as_ref()
+                .unwrap()
+                .contains("DELETE /v1/restores/r1"));
+            let r2 = runs[1].shared.lock().unwrap();
+            assert_eq!(r2.phase, "import");
+            assert_eq!(r2.imported, ["shop.items"]);
+        }
+
+        // Discarding: the directory is set aside at once (nothing continues
+        // it), then removed, saying what was staged.
+        let aside = set_aside(root, "r1").unwrap().unwrap();
+        assert!(!root.join("r1").exists());
+        assert!(saved_states(root).iter().all(|(id, _)| id != "r1"));
+        assert_eq!(
+            remove_set_aside(aside).await,
+            Discard::Done(Staged {
+                files: 2,
+                bytes: 3200
+            })
+        );
+        assert_eq!(std::fs::read_dir(root).unwrap().count(), 3);
+        let aside = set_aside(root, "r3").unwrap().unwrap();
+        assert_eq!(
+            remove_set_aside(aside).await,
+            Discard::Done(Staged::default())
+        );
+        // Only restore directories, by a restore id.
+        for id in ["seed-orders-x", "..", "", "r2/..", "nothing"] {
+            assert_eq!(set_aside(root, id).unwrap(), None, "{id}");
+        }
+        assert!(root.join("seed-orders-x/done").exists());
+        assert!(root.join("r2/state.json").exists());
     }
 }
