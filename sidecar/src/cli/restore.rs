@@ -479,6 +479,10 @@ fn elapsed(d: &Value) -> Value {
     let Some(started) = time(&d["started_at"]) else {
         return Value::Null;
     };
+    if d["state"] == "interrupted" {
+        // Not running: when its sidecar stopped is not known.
+        return Value::Null;
+    }
     let end = time(&d["finished_at"]).unwrap_or_else(OffsetDateTime::now_utc);
     json!((end - started).as_seconds_f64())
 }
@@ -530,14 +534,26 @@ fn summary_rows(d: &Value) -> Vec<(&'static str, String)> {
             rows.push(("created", text(&plan["create"])));
         }
     }
-    rows.push((
-        "downloaded",
-        format!(
-            "{} files, {}",
-            text(&p["files_uploaded"]),
-            size(&p["bytes_uploaded"])
-        ),
-    ));
+    if d["state"] == "interrupted" {
+        // Its progress is what it left staged.
+        rows.push((
+            "staged",
+            format!(
+                "{} files, {}",
+                text(&p["files_done"]),
+                size(&p["bytes_done"])
+            ),
+        ));
+    } else {
+        rows.push((
+            "downloaded",
+            format!(
+                "{} files, {}",
+                text(&p["files_uploaded"]),
+                size(&p["bytes_uploaded"])
+            ),
+        ));
+    }
     if p["files_reused"].as_u64().unwrap_or(0) > 0 {
         rows.push((
             "already staged",
@@ -602,9 +618,11 @@ fn list_row(r: &Value) -> [String; 9] {
         (None, None) => imported.to_string(),
     };
     let bytes = if r["nodes"].is_array() {
-        &r["progress"]["bytes_total"]
+        size(&r["progress"]["bytes_total"])
+    } else if r["state"] == "interrupted" {
+        format!("{} staged", size(&r["progress"]["bytes_done"]))
     } else {
-        &r["plan"]["bytes"]
+        size(&r["plan"]["bytes"])
     };
     [
         if r["scope"] == "cluster" {
@@ -618,7 +636,7 @@ fn list_row(r: &Value) -> [String; 9] {
         duration(&elapsed(r)),
         point(&r["request"]),
         tables,
-        size(bytes),
+        bytes,
         shorten(&text(&r["error"]), 60),
     ]
 }
@@ -977,5 +995,24 @@ mod tests {
         assert_eq!(row[7], "-");
         assert_eq!(row[8].chars().count(), 60);
         assert_eq!(point(&json!({})), "latest backup");
+
+        // Interrupted: its progress is what is staged; no duration.
+        let interrupted = json!({"id": "r3", "state": "interrupted", "phase": "stage",
+            "started_at": "2026-11-26T10:00:00Z", "finished_at": null, "job": null,
+            "request": {"keyspaces": ["shop"]}, "plan": null,
+            "progress": {"files_done": 7, "bytes_done": 3u64 << 20, "files_uploaded": 0,
+                "bytes_uploaded": 0, "files_reused": 0},
+            "imported_tables": [], "error": "the sidecar stopped during restore r3"});
+        let row = list_row(&interrupted);
+        assert_eq!(row[1], "interrupted");
+        assert_eq!(row[4], "-");
+        assert_eq!(row[7], "3.0 MiB staged");
+        let rows = summary_rows(&interrupted);
+        assert!(
+            rows.contains(&("staged", "7 files, 3.0 MiB".into())),
+            "{rows:?}"
+        );
+        assert!(rows.contains(&("duration", "-".into())), "{rows:?}");
+        assert!(!rows.iter().any(|(k, _)| *k == "downloaded"), "{rows:?}");
     }
 }
