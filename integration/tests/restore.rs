@@ -351,6 +351,31 @@ async fn cancel_restore(node: &TestNode, id: &str) -> Value {
     r
 }
 
+/// `anchises restore resume ID`: makes restore `id`'s request again, which
+/// continues it to success.
+fn resume_with_cli(node: &TestNode, id: &str) {
+    let (ok, stdout, stderr) = cli(node, &["--json", "restore", "resume", id]);
+    assert!(ok, "{stdout}{stderr}");
+    let resumed: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(resumed["id"], id, "the restore continues: {resumed}");
+    assert_eq!(resumed["job"]["state"], "succeeded", "{resumed}");
+    assert_eq!(resumed["restore"]["state"], "done", "{resumed}");
+}
+
+/// Runs `anchises ARGS` against `node`: whether it exited 0, its stdout and stderr.
+fn cli(node: &TestNode, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(anchises_integration::anchises_bin())
+        .args(["--url", &node.api])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Makes `request` again after a crash: it continues restore `id` and succeeds.
 async fn continue_after_crash(node: &TestNode, request: &str, id: &str) {
     let (status, _, started) = node.request("POST", "/v1/restores", Some(request)).await;
@@ -430,7 +455,15 @@ async fn a_cancelled_or_killed_restore_continues_where_it_stopped() {
     let jvm = node.cassandra_pid().unwrap();
     node.kill_sidecar();
     assert!(TestNode::wait_gone(jvm, Duration::from_secs(30)));
-    node.respawn(None).await;
+    // Back with 1000 TiB to keep free on the data disk: more than any disk.
+    let config = std::fs::read_to_string(node.dir.join("anchises.toml")).unwrap();
+    let reserved = config.replacen(
+        "[backup]\n",
+        "[backup]\nrestore_min_free = \"1000TiB\"\n",
+        1,
+    );
+    assert_ne!(reserved, config);
+    node.respawn(Some(reserved)).await;
     // The new sidecar lists the restore as interrupted, with what is staged.
     let (_, r) = node.get(&format!("/v1/restores/{id}")).await;
     assert_eq!(r["state"], "interrupted", "{r}");
@@ -454,6 +487,37 @@ async fn a_cancelled_or_killed_restore_continues_where_it_stopped() {
             .any(|l| l["id"] == id.as_str()),
         "{listed}"
     );
+    node.wait_normal().await;
+    // A restore that would leave less than that free is refused before it
+    // stages anything, saying so; the interrupted one stays as it was.
+    let (status, _, dry) = node
+        .request(
+            "POST",
+            "/v1/restores",
+            Some(r#"{"keyspaces": ["bulk"], "dry_run": true}"#),
+        )
+        .await;
+    assert_eq!(status, 200, "{dry}");
+    let blockers = dry["plan"]["blockers"].as_array().unwrap();
+    assert_eq!(blockers.len(), 1, "{dry}");
+    let blocker = blockers[0].as_str().unwrap();
+    assert!(blocker.contains("not enough free space"), "{blocker}");
+    assert!(blocker.contains("1000.0 TiB must stay free"), "{blocker}");
+    let (status, _, refused) = node.request("POST", "/v1/restores", Some(request)).await;
+    assert_eq!(status, 400, "{refused}");
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains("not enough free space"),
+        "{refused}"
+    );
+    let (_, r) = node.get(&format!("/v1/restores/{id}")).await;
+    assert_eq!(r["state"], "interrupted", "{r}");
+    let jvm = node.cassandra_pid().unwrap();
+    node.kill_sidecar();
+    assert!(TestNode::wait_gone(jvm, Duration::from_secs(30)));
+    node.respawn(Some(config)).await;
     node.wait_normal().await;
     let session = cql(node.address).await;
     assert!(
@@ -584,7 +648,9 @@ async fn a_cancelled_or_killed_restore_continues_where_it_stopped() {
     assert!(TestNode::wait_gone(jvm, Duration::from_secs(30)));
     node.respawn(None).await;
     node.wait_normal().await;
-    continue_after_crash(&node, request, &id).await;
+    resume_with_cli(&node, &id);
+    let (ok, _, stderr) = cli(&node, &["restore", "resume", &id]);
+    assert!(!ok && stderr.contains("is done"), "{stderr}");
     let session = cql(node.address).await;
     for (table, rows) in tables.iter().zip(&before) {
         assert_eq!(&scan(&session, table).await, rows, "{table}");

@@ -164,6 +164,9 @@ pub struct BackupConfig {
     pub keep_last: Option<u32>,
     /// Retention: keep backups younger than N days; 0 turns the age rule off.
     pub keep_days: Option<u32>,
+    /// A restore is refused (a blocker in its plan) when staging its files
+    /// would leave less than this free on the data directory's filesystem.
+    pub restore_min_free: ByteSize,
     /// The slot backups are filed under when the node has no registry slot
     /// (a node without `cluster.coordinator`).
     pub slot: u32,
@@ -184,6 +187,7 @@ impl Default for BackupConfig {
             compress_compressed_data: false,
             keep_last: None,
             keep_days: Some(7),
+            restore_min_free: ByteSize::gib(1),
             slot: 0,
         }
     }

@@ -1,6 +1,6 @@
 //! `anchises restore …`: restore keyspaces and tables into the running node
 //! from its backups (or another cluster's) and follow the progress; list, show,
-//! cancel and delete restores, through the node sidecar's `/v1/restores`.
+//! cancel, resume and delete restores, through the node sidecar's `/v1/restores`.
 
 use std::process::ExitCode;
 
@@ -17,8 +17,8 @@ use super::client::ApiClient;
 use super::output::{self, duration, pairs, shorten, size, text, when};
 use super::WaitArgs;
 
-/// `anchises restore [OPTIONS]` starts a restore; `list`, `show`, `cancel` and
-/// `delete` act on restores.
+/// `anchises restore [OPTIONS]` starts a restore; `list`, `show`, `cancel`,
+/// `resume` and `delete` act on restores.
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct RestoreArgs {
@@ -84,10 +84,21 @@ pub enum RestoreCommand {
     },
     /// Stop a running restore after the current file or table.
     ///
-    /// Staged files and imported tables are kept: the same request continues it.
+    /// Staged files and imported tables are kept: `resume` (or the same request)
+    /// continues it, `delete` removes what is staged.
     Cancel {
         #[arg(value_parser = restore_id)]
         id: String,
+    },
+    /// Continue a cancelled, failed or interrupted restore of this node.
+    ///
+    /// Makes its request again, which continues from what it staged and imported;
+    /// follows it like a new restore.
+    Resume {
+        #[arg(value_parser = restore_id)]
+        id: String,
+        #[command(flatten)]
+        wait: WaitArgs,
     },
     /// Forget a restore that is not running and remove what it staged.
     ///
@@ -168,11 +179,13 @@ pub async fn run(api: &ApiClient, args: RestoreArgs, json_out: bool) -> anyhow::
             } else {
                 println!(
                     "cancelling restore {id}: it stops after the current file or table; \
-                     staged files and imported tables are kept, and the same request continues it"
+                     staged files and imported tables are kept; `anchises restore resume {id}` \
+                     continues it, `anchises restore delete {id}` removes what is staged"
                 );
             }
             Ok(ExitCode::SUCCESS)
         }
+        Some(RestoreCommand::Resume { id, wait }) => resume(api, &id, wait, json_out).await,
         Some(RestoreCommand::Delete { id }) => {
             let answer = api.delete(&format!("/v1/restores/{id}")).await?;
             if json_out {
@@ -249,11 +262,54 @@ async fn start(api: &ApiClient, args: StartArgs, json_out: bool) -> anyhow::Resu
             ExitCode::SUCCESS
         });
     }
+    follow(api, &answer, args.wait.no_wait, args.cluster, json_out).await
+}
+
+/// Makes the request of restore `id` again, which continues it, and follows it.
+async fn resume(
+    api: &ApiClient,
+    id: &str,
+    wait: WaitArgs,
+    json_out: bool,
+) -> anyhow::Result<ExitCode> {
+    let detail = api.get(&format!("/v1/restores/{id}")).await?;
+    if detail["scope"] == "cluster" {
+        anyhow::bail!(
+            "restore {id} is a cluster restore: its nodes continue their parts after a restart \
+             by themselves; a cancelled one is made again with `anchises restore --cluster`"
+        );
+    }
+    match detail["state"].as_str() {
+        Some("running") => anyhow::bail!("restore {id} is running"),
+        Some("done") => anyhow::bail!("restore {id} is done: there is nothing to continue"),
+        _ => {}
+    }
+    let mut request = detail["request"].clone();
+    request["dry_run"] = json!(false);
+    let answer = api.post("/v1/restores", &request).await?;
+    if answer["id"] != id {
+        eprintln!(
+            "warning: nothing of restore {id} is left to continue; its request started afresh as {}",
+            text(&answer["id"])
+        );
+    }
+    follow(api, &answer, wait.no_wait, false, json_out).await
+}
+
+/// Follows a restore just started (`answer` is the 202's body) to its end,
+/// unless `no_wait`; exits non-zero if it did not end done.
+async fn follow(
+    api: &ApiClient,
+    answer: &Value,
+    no_wait: bool,
+    cluster: bool,
+    json_out: bool,
+) -> anyhow::Result<ExitCode> {
     let id = answer["id"]
         .as_str()
         .ok_or_else(|| anyhow!("no restore id in {answer}"))?
         .to_string();
-    if args.wait.no_wait {
+    if no_wait {
         if json_out {
             println!("{answer}");
         } else {
@@ -261,7 +317,7 @@ async fn start(api: &ApiClient, args: StartArgs, json_out: bool) -> anyhow::Resu
         }
         return Ok(ExitCode::SUCCESS);
     }
-    if !json_out && args.cluster {
+    if !json_out && cluster {
         eprintln!(
             "restoring the cluster's nodes as {id}… (Ctrl-C stops following it; \
              `anchises restore cancel {id}` stops every node's part)"
@@ -301,10 +357,12 @@ async fn start(api: &ApiClient, args: StartArgs, json_out: bool) -> anyhow::Resu
         return Ok(ExitCode::SUCCESS);
     }
     if !json_out {
-        if state == "cancelled" {
+        if state == "cancelled" && cluster {
+            eprintln!("error: cluster restore {id} was cancelled on every node");
+        } else if state == "cancelled" {
             eprintln!(
-                "error: restore {id} was cancelled; staged files and imported tables are kept, \
-                 and the same request continues it"
+                "error: restore {id} was cancelled; staged files and imported tables are kept: \
+                 `anchises restore resume {id}` continues it"
             );
         } else {
             let error = detail
@@ -777,6 +835,10 @@ mod tests {
             Some(RestoreCommand::Delete { id }) if id == "r1a2b3c4d5e6f"
         ));
         assert!(parse(&["restore", "delete", "../state"]).is_err());
+        assert!(matches!(
+            restore(&["restore", "resume", "r1a2b3c4d5e6f", "--no-wait"]).command,
+            Some(RestoreCommand::Resume { id, wait }) if id == "r1a2b3c4d5e6f" && wait.no_wait
+        ));
         assert!(parse(&["restore", "show"]).is_err());
         assert!(parse(&["restore", "show", "../jobs"]).is_err());
         assert!(parse(&["restore", "cancel", ""]).is_err());

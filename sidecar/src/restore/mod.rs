@@ -311,8 +311,29 @@ impl Restores {
             self.live_schema().await?
         };
         let own_tokens = self.own_tokens().await;
-        self.plan_for(req, self.backups.slot(), own_tokens, &live)
-            .await
+        let (plan, mut view) = self
+            .plan_for(req, self.backups.slot(), own_tokens, &live)
+            .await?;
+        // What is already staged (a restore continued) needs no more room.
+        let staging = self
+            .unfinished(req)
+            .map(|id| self.root().join(id).join("staging"));
+        let to_stage: u64 = plan
+            .files
+            .iter()
+            .filter(|f| {
+                !staging.as_ref().is_some_and(|s| {
+                    std::fs::metadata(anchises_backup::restore::staged_path(s, f))
+                        .is_ok_and(|m| m.len() == f.size)
+                })
+            })
+            .map(|f| f.size)
+            .sum();
+        let min_free = self.backups.config.backup.restore_min_free.as_u64();
+        if let Some(b) = space_blocker(&self.backups.config.node.data_dir, to_stage, min_free) {
+            view.blockers.push(b);
+        }
+        Ok((plan, view))
     }
 
     /// Creates those of `tables` that the live schema lacks, as the backup's
@@ -1025,6 +1046,29 @@ fn table_of(f: &anchises_backup::manifest::FileEntry) -> String {
     )
 }
 
+/// Why staging `to_stage` bytes under `dir` would leave less than
+/// `min_free` bytes free on its filesystem; `None` when it fits (or the free
+/// space cannot be read).
+fn space_blocker(dir: &Path, to_stage: u64, min_free: u64) -> Option<String> {
+    let stat = match nix::sys::statvfs::statvfs(dir) {
+        Ok(stat) => stat,
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot read the free space");
+            return None;
+        }
+    };
+    let free = stat.blocks_available() as u64 * stat.fragment_size() as u64;
+    (free < to_stage.saturating_add(min_free)).then(|| {
+        format!(
+            "not enough free space under {}: staging the restore needs {}, {} is free, and {} must stay free (backup.restore_min_free)",
+            dir.display(),
+            bytesize::ByteSize::b(to_stage),
+            bytesize::ByteSize::b(free),
+            bytesize::ByteSize::b(min_free)
+        )
+    })
+}
+
 /// What [`Restores::discard`] did.
 #[derive(Debug, PartialEq)]
 pub enum Discard {
@@ -1105,7 +1149,7 @@ fn interrupted(root: &Path) -> Vec<Run> {
                     imported: saved.imported,
                     state: Some(RestoreState::Interrupted),
                     error: Some(format!(
-                        "the sidecar stopped during restore {id}; the same request continues it, DELETE /v1/restores/{id} discards what it staged"
+                        "the sidecar stopped during restore {id}; the same request (anchises restore resume {id}) continues it, DELETE /v1/restores/{id} discards what it staged"
                     )),
                     ..Shared::default()
                 })),
@@ -1602,5 +1646,23 @@ mod tests {
         }
         assert!(root.join("seed-orders-x/done").exists());
         assert!(root.join("r2/state.json").exists());
+    }
+
+    #[test]
+    fn a_restore_that_would_fill_the_disk_is_blocked() {
+        let dir = tempfile::tempdir().unwrap();
+        let stat = nix::sys::statvfs::statvfs(dir.path()).unwrap();
+        let free = stat.blocks_available() as u64 * stat.fragment_size() as u64;
+        assert!(free > 1 << 20, "the test needs 1 MiB free: {free}");
+        assert_eq!(space_blocker(dir.path(), 1 << 10, 1 << 10), None);
+        let too_big = space_blocker(dir.path(), free + (1 << 30), 0).unwrap();
+        assert!(too_big.contains("staging the restore needs"), "{too_big}");
+        assert!(
+            too_big.contains(&dir.path().display().to_string()),
+            "{too_big}"
+        );
+        // The room to keep counts as well.
+        let reserved = space_blocker(dir.path(), 1 << 10, free).unwrap();
+        assert!(reserved.contains("backup.restore_min_free"), "{reserved}");
     }
 }
