@@ -74,6 +74,16 @@ pub fn s3_store_toml(endpoint: &str, bucket: &str, access_key_id: &str, secret: 
     )
 }
 
+/// Requires an API answer to be status `want` with an `error` that mentions
+/// `words`.
+pub fn assert_error(status: u16, body: &Value, want: u16, words: &str) {
+    assert_eq!(status, want, "{body}");
+    let msg = body["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error field in {body}"));
+    assert!(msg.contains(words), "{msg:?} should mention {words:?}");
+}
+
 /// How to start one node.
 #[derive(Debug, Clone)]
 pub struct NodeSpec {
@@ -240,6 +250,21 @@ impl TestNode {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Runs `anchises --url <this node> ARGS`: whether it exited 0, its
+    /// stdout and its stderr.
+    pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(anchises_bin())
+            .args(["--url", &self.api])
+            .args(args)
+            .output()
+            .expect("run the anchises CLI");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     pub fn log_tail(&self) -> String {

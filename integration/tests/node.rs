@@ -96,15 +96,8 @@ async fn one_node_starts_takes_writes_flushes_sstables_and_stops_cleanly() {
         "{statements:?}"
     );
     let cli = |args: &[&str]| {
-        let out = std::process::Command::new(anchises_integration::anchises_bin())
-            .args(["--url", &node.api])
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
+        let (ok, out, _) = node.cli(args);
+        (ok, out)
     };
     let (ok, out) = cli(&["--json", "status"]);
     assert!(ok, "{out}");
@@ -325,13 +318,7 @@ async fn bad_requests_get_json_errors_with_the_right_status() {
         ..NodeSpec::new("errors", 41)
     })
     .await;
-    let expect = |status: u16, body: &Value, want: u16, words: &str| {
-        assert_eq!(status, want, "{body}");
-        let msg = body["error"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no error field in {body}"));
-        assert!(msg.contains(words), "{msg:?} should mention {words:?}");
-    };
+    let expect = anchises_integration::assert_error;
     // Cassandra down.
     let (s, b) = node.get("/v1/node").await;
     expect(s, &b, 503, "not running");

@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use anchises_backup::testing::MotoServer;
-use anchises_integration::{cql, insert_blobs, s3_store_toml, NodeSpec, TestNode};
+use anchises_integration::{assert_error, cql, insert_blobs, s3_store_toml, NodeSpec, TestNode};
 use scylla::client::session::Session;
 use scylla::statement::Consistency;
 use serde_json::Value;
@@ -153,43 +153,26 @@ async fn online_restores_bring_back_tables_exactly_and_to_a_point_in_time() {
     assert!(scan(&session, "shop.orders").await.is_empty());
 
     // The plan says what blocks it, and what it would create when asked.
-    let (status, _, dry) = node
-        .request(
-            "POST",
-            "/v1/restores",
-            Some(r#"{"keyspaces": ["shop"], "dry_run": true}"#),
-        )
-        .await;
-    assert_eq!(status, 200, "{dry}");
-    let blockers = dry["plan"]["blockers"].as_array().unwrap();
-    assert_eq!(blockers.len(), 1, "{dry}");
+    let (_, blockers) = dry_run(&node, r#"{"keyspaces": ["shop"]}"#).await;
+    assert_eq!(blockers.len(), 1, "{blockers:?}");
     assert!(
-        blockers[0]
-            .as_str()
-            .unwrap()
-            .contains("shop.sessions does not exist"),
-        "{dry}"
+        blockers[0].contains("shop.sessions does not exist"),
+        "{blockers:?}"
     );
     let (status, _, refused) = node
         .request("POST", "/v1/restores", Some(r#"{"keyspaces": ["shop"]}"#))
         .await;
     assert_eq!(status, 400, "{refused}");
-    let (status, _, dry) = node
-        .request(
-            "POST",
-            "/v1/restores",
-            Some(r#"{"keyspaces": ["shop"], "create_schema": true, "dry_run": true}"#),
-        )
-        .await;
-    assert_eq!(status, 200, "{dry}");
-    assert_eq!(dry["plan"]["blockers"], serde_json::json!([]), "{dry}");
+    let (plan, blockers) =
+        dry_run(&node, r#"{"keyspaces": ["shop"], "create_schema": true}"#).await;
+    assert_eq!(blockers, Vec::<String>::new(), "{plan}");
     assert_eq!(
-        dry["plan"]["create"],
+        plan["create"],
         serde_json::json!(["shop.sessions"]),
-        "{dry}"
+        "{plan}"
     );
     assert_eq!(
-        dry["plan"]["tables"],
+        plan["tables"],
         serde_json::json!(["shop.orders", "shop.sessions", "shop.visits"])
     );
 
@@ -354,7 +337,7 @@ async fn cancel_restore(node: &TestNode, id: &str) -> Value {
 /// `anchises restore resume ID`: makes restore `id`'s request again, which
 /// continues it to success.
 fn resume_with_cli(node: &TestNode, id: &str) {
-    let (ok, stdout, stderr) = cli(node, &["--json", "restore", "resume", id]);
+    let (ok, stdout, stderr) = node.cli(&["--json", "restore", "resume", id]);
     assert!(ok, "{stdout}{stderr}");
     let resumed: Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(resumed["id"], id, "the restore continues: {resumed}");
@@ -362,18 +345,21 @@ fn resume_with_cli(node: &TestNode, id: &str) {
     assert_eq!(resumed["restore"]["state"], "done", "{resumed}");
 }
 
-/// Runs `anchises ARGS` against `node`: whether it exited 0, its stdout and stderr.
-fn cli(node: &TestNode, args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(anchises_integration::anchises_bin())
-        .args(["--url", &node.api])
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+/// The plan of a dry run of restore request `body` (which must not have
+/// `dry_run` yet), and its blockers.
+async fn dry_run(node: &TestNode, body: &str) -> (Value, Vec<String>) {
+    let mut request: Value = serde_json::from_str(body).unwrap();
+    request["dry_run"] = Value::Bool(true);
+    let request = request.to_string();
+    let (status, _, dry) = node.request("POST", "/v1/restores", Some(&request)).await;
+    assert_eq!(status, 200, "{dry}");
+    let blockers = dry["plan"]["blockers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b.as_str().unwrap().to_string())
+        .collect();
+    (dry["plan"].clone(), blockers)
 }
 
 /// Makes `request` again after a crash: it continues restore `id` and succeeds.
@@ -490,28 +476,18 @@ async fn a_cancelled_or_killed_restore_continues_where_it_stopped() {
     node.wait_normal().await;
     // A restore that would leave less than that free is refused before it
     // stages anything, saying so; the interrupted one stays as it was.
-    let (status, _, dry) = node
-        .request(
-            "POST",
-            "/v1/restores",
-            Some(r#"{"keyspaces": ["bulk"], "dry_run": true}"#),
-        )
-        .await;
-    assert_eq!(status, 200, "{dry}");
-    let blockers = dry["plan"]["blockers"].as_array().unwrap();
-    assert_eq!(blockers.len(), 1, "{dry}");
-    let blocker = blockers[0].as_str().unwrap();
-    assert!(blocker.contains("not enough free space"), "{blocker}");
-    assert!(blocker.contains("1000.0 TiB must stay free"), "{blocker}");
-    let (status, _, refused) = node.request("POST", "/v1/restores", Some(request)).await;
-    assert_eq!(status, 400, "{refused}");
+    let (_, blockers) = dry_run(&node, request).await;
+    assert_eq!(blockers.len(), 1, "{blockers:?}");
     assert!(
-        refused["error"]
-            .as_str()
-            .unwrap()
-            .contains("not enough free space"),
-        "{refused}"
+        blockers[0].contains("not enough free space"),
+        "{blockers:?}"
     );
+    assert!(
+        blockers[0].contains("1000.0 TiB must stay free"),
+        "{blockers:?}"
+    );
+    let (status, _, refused) = node.request("POST", "/v1/restores", Some(request)).await;
+    assert_error(status, &refused, 400, "not enough free space");
     let (_, r) = node.get(&format!("/v1/restores/{id}")).await;
     assert_eq!(r["state"], "interrupted", "{r}");
     let jvm = node.cassandra_pid().unwrap();
@@ -649,7 +625,7 @@ async fn a_cancelled_or_killed_restore_continues_where_it_stopped() {
     node.respawn(None).await;
     node.wait_normal().await;
     resume_with_cli(&node, &id);
-    let (ok, _, stderr) = cli(&node, &["restore", "resume", &id]);
+    let (ok, _, stderr) = node.cli(&["restore", "resume", &id]);
     assert!(!ok && stderr.contains("is done"), "{stderr}");
     let session = cql(node.address).await;
     for (table, rows) in tables.iter().zip(&before) {

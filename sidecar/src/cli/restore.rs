@@ -592,24 +592,18 @@ fn summary_rows(d: &Value) -> Vec<(&'static str, String)> {
             rows.push(("created", text(&plan["create"])));
         }
     }
+    let files_and_bytes =
+        |files: &Value, bytes: &Value| format!("{} files, {}", text(files), size(bytes));
     if d["state"] == "interrupted" {
         // Its progress is what it left staged.
         rows.push((
             "staged",
-            format!(
-                "{} files, {}",
-                text(&p["files_done"]),
-                size(&p["bytes_done"])
-            ),
+            files_and_bytes(&p["files_done"], &p["bytes_done"]),
         ));
     } else {
         rows.push((
             "downloaded",
-            format!(
-                "{} files, {}",
-                text(&p["files_uploaded"]),
-                size(&p["bytes_uploaded"])
-            ),
+            files_and_bytes(&p["files_uploaded"], &p["bytes_uploaded"]),
         ));
     }
     if p["files_reused"].as_u64().unwrap_or(0) > 0 {
