@@ -587,17 +587,18 @@ impl Restores {
             let known = !mine.is_empty();
             // Renamed while the lock is held, so that the same request made
             // at once starts afresh instead of continuing what goes.
-            let set_aside = set_aside(&self.root(), id);
-            if !known && matches!(set_aside, Ok(None)) {
-                return Discard::Unknown;
-            }
+            let set_aside = match set_aside(&self.root(), id) {
+                Ok(None) if !known => return Discard::Unknown,
+                Ok(dir) => dir,
+                // Nothing removed: still listed, so it can be tried again.
+                Err(e) => return Discard::Failed(e.to_string()),
+            };
             runs.retain(|r| r.id != id);
             set_aside
         };
         match set_aside {
-            Ok(None) => Discard::Done(Staged::default()),
-            Ok(Some(dir)) => remove_set_aside(dir).await,
-            Err(e) => Discard::Failed(e.to_string()),
+            None => Discard::Done(Staged::default()),
+            Some(dir) => remove_set_aside(dir).await,
         }
     }
 
