@@ -717,6 +717,92 @@ async fn a_cancelled_or_killed_restore_continues_where_it_stopped() {
     );
 }
 
+/// Writes 10 rows into `kept.t`, backs the whole node up, and writes 10 more;
+/// returns all 20 rows.
+async fn back_up_then_write_more(node: &TestNode) -> Vec<String> {
+    node.wait_normal().await;
+    let session = cql(node.address).await;
+    exec(&session, "CREATE KEYSPACE kept WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}").await;
+    exec(&session, "CREATE TABLE kept.t (id int PRIMARY KEY, v text)").await;
+    for i in 0..10 {
+        exec(
+            &session,
+            &format!("INSERT INTO kept.t (id, v) VALUES ({i}, 'backed up')"),
+        )
+        .await;
+    }
+    backup(node, "{}").await;
+    for i in 10..20 {
+        exec(
+            &session,
+            &format!("INSERT INTO kept.t (id, v) VALUES ({i}, 'after')"),
+        )
+        .await;
+    }
+    let rows = scan(&session, "kept.t").await;
+    assert_eq!(rows.len(), 20);
+    rows
+}
+
+/// A full-node restore whose sidecar is killed (its Cassandra with it) while
+/// the restored node starts: the next sidecar lists the restore as
+/// interrupted, naming where the node's previous data is; DELETE refuses to
+/// remove that data; `restore resume` finishes the restore (NORMAL on the
+/// backup's data) and only then removes it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_restore_killed_while_starting_keeps_the_previous_data_until_resumed() {
+    let mut node = TestNode::start(NodeSpec {
+        extra_toml: "\n[backup]\nschedule = \"off\"\n".into(),
+        ..NodeSpec::new("rs-swap", 76)
+    })
+    .await;
+    back_up_then_write_more(&node).await;
+    let old_jvm = node.cassandra_pid().unwrap();
+    let id = start_restore(&node, r#"{"mode": "full"}"#).await;
+    wait_restore(&node, &id, "starting", |r| r["phase"] == "start").await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let restored_jvm = loop {
+        match node.cassandra_pid() {
+            Some(pid) if pid != old_jvm && TestNode::is_alive(pid) => break pid,
+            _ => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restored node's JVM never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    node.kill_sidecar();
+    assert!(TestNode::wait_gone(restored_jvm, Duration::from_secs(30)));
+    let aside = node.dir.join(format!("anchises/restore/{id}/before"));
+    assert!(
+        aside.join("data/kept").is_dir(),
+        "the previous data is aside"
+    );
+
+    node.respawn(None).await;
+    let (_, r) = node.get(&format!("/v1/restores/{id}")).await;
+    assert_eq!(r["state"], "interrupted", "{r}");
+    let error = r["error"].as_str().unwrap();
+    assert!(error.contains(&aside.display().to_string()), "{error}");
+    let (status, _, body) = node
+        .request("DELETE", &format!("/v1/restores/{id}"), None)
+        .await;
+    assert_error(status, &body, 409, "previous data");
+    assert!(
+        aside.join("data/kept").is_dir(),
+        "the previous data is kept"
+    );
+
+    node.wait_normal().await;
+    resume_with_cli(&node, &id);
+    assert!(!aside.exists(), "removed once the restored node is healthy");
+    let session = cql(node.address).await;
+    let rows = scan(&session, "kept.t").await;
+    assert_eq!(rows.len(), 10, "the backup's rows: {rows:?}");
+    assert!(rows.iter().all(|r| r.contains("backed up")), "{rows:?}");
+}
+
 /// A full-node restore whose node does not come back rolls back: here the
 /// restored Cassandra cannot bind its storage port (held by the test from the
 /// moment the old JVM lets go of it until the rollback begins), so it exits
@@ -730,34 +816,8 @@ async fn a_full_restore_whose_node_does_not_start_rolls_back() {
         ..NodeSpec::new("rs-back", 75)
     })
     .await;
-    node.wait_normal().await;
-    let session = cql(node.address).await;
-    exec(&session, "CREATE KEYSPACE kept WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}").await;
-    exec(&session, "CREATE TABLE kept.t (id int PRIMARY KEY, v text)").await;
-    for i in 0..10 {
-        exec(
-            &session,
-            &format!("INSERT INTO kept.t (id, v) VALUES ({i}, 'backed up')"),
-        )
-        .await;
-    }
-    backup(&node, "{}").await;
-    for i in 10..20 {
-        exec(
-            &session,
-            &format!("INSERT INTO kept.t (id, v) VALUES ({i}, 'after')"),
-        )
-        .await;
-    }
-    let before = scan(&session, "kept.t").await;
-    assert_eq!(before.len(), 20);
-    drop(session);
-
-    let (status, _, started) = node
-        .request("POST", "/v1/restores", Some(r#"{"mode": "full"}"#))
-        .await;
-    assert_eq!(status, 202, "{started}");
-    let id = started["id"].as_str().unwrap().to_string();
+    let before = back_up_then_write_more(&node).await;
+    let id = start_restore(&node, r#"{"mode": "full"}"#).await;
     wait_restore(&node, &id, "stopping", |r| {
         r["phase"] == "stop" || r["phase"] == "swap" || r["phase"] == "start"
     })

@@ -104,7 +104,8 @@ pub async fn cancel(
 /// its saved state) from the data disk: a cancelled, failed or interrupted
 /// restore can no longer be continued afterwards. 200 `{id, discarded, files,
 /// bytes}` (the files and bytes that were staged); 404 if unknown, 409 while
-/// it runs.
+/// it runs or while it holds the node's previous data (a full-node restore
+/// interrupted before the restored node was healthy).
 #[utoipa::path(delete, path = "/v1/restores/{id}",
     params(("id" = String, Path, description = "restore id")),
     responses((status = 200, description = "discarded: `{id, discarded, files, bytes}`"), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 500, body = ErrorBody)))]
@@ -117,6 +118,14 @@ pub async fn discard(
         Discard::Running => Err(ApiError::new(
             StatusCode::CONFLICT,
             format!("restore {id} is running; cancel it first"),
+        )),
+        Discard::HoldsPreviousData(previous) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "restore {id} holds this node's previous data in {}, moved aside by the full-node restore; \
+                 resume the restore (it removes that data once the restored node is healthy), or move it away yourself first",
+                previous.display()
+            ),
         )),
         Discard::Failed(e) => Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,

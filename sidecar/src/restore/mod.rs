@@ -585,6 +585,9 @@ impl Restores {
                 return Discard::Running;
             }
             let known = !mine.is_empty();
+            if let Some(previous) = holds_previous_data(&self.root(), id) {
+                return Discard::HoldsPreviousData(previous);
+            }
             // Renamed while the lock is held, so that the same request made
             // at once starts afresh instead of continuing what goes.
             let set_aside = match set_aside(&self.root(), id) {
@@ -747,7 +750,7 @@ impl Restores {
         }
         set_phase("swap");
         let layout = crate::cassandra::files::NodeLayout::new(&self.backups.config.node.data_dir);
-        let aside = dir.join("before");
+        let aside = dir.join(PREVIOUS_DATA);
         std::fs::create_dir_all(&aside).map_err(io(&aside))?;
         let moved = [
             &layout.data,
@@ -1075,6 +1078,9 @@ fn space_blocker(dir: &Path, to_stage: u64, min_free: u64) -> Option<String> {
 pub enum Discard {
     Unknown,
     Running,
+    /// A full-node restore that stopped between moving the node's data
+    /// aside and finding the restored node healthy: that data is kept.
+    HoldsPreviousData(PathBuf),
     Done(Staged),
     Failed(String),
 }
@@ -1084,6 +1090,19 @@ pub enum Discard {
 pub struct Staged {
     pub files: u64,
     pub bytes: u64,
+}
+
+/// Where a full-node restore keeps the node's previous data until the
+/// restored node is healthy (within the restore's directory).
+const PREVIOUS_DATA: &str = "before";
+
+/// The previous data a full-node restore `id` under `root` moved aside and
+/// still holds, if any.
+fn holds_previous_data(root: &Path, id: &str) -> Option<PathBuf> {
+    let previous = root.join(id).join(PREVIOUS_DATA);
+    std::fs::read_dir(&previous)
+        .is_ok_and(|mut entries| entries.next().is_some())
+        .then_some(previous)
 }
 
 /// Prefix of a restore directory being removed (skipped by every reader;
@@ -1149,9 +1168,15 @@ fn interrupted(root: &Path) -> Vec<Run> {
                     phase: phase.into(),
                     imported: saved.imported,
                     state: Some(RestoreState::Interrupted),
-                    error: Some(format!(
-                        "the sidecar stopped during restore {id}; the same request (anchises restore resume {id}) continues it, DELETE /v1/restores/{id} discards what it staged"
-                    )),
+                    error: Some(match holds_previous_data(root, &id) {
+                        Some(previous) => format!(
+                            "the sidecar stopped during full-node restore {id}, after moving the node's previous data aside to {}; the same request (anchises restore resume {id}) continues it and removes that data once the restored node is healthy",
+                            previous.display()
+                        ),
+                        None => format!(
+                            "the sidecar stopped during restore {id}; the same request (anchises restore resume {id}) continues it, DELETE /v1/restores/{id} discards what it staged"
+                        ),
+                    }),
                     ..Shared::default()
                 })),
                 id,
@@ -1641,6 +1666,23 @@ mod tests {
             remove_set_aside(aside).await,
             Discard::Done(Staged::default())
         );
+        // A full-node restore that moved the node's data aside keeps it.
+        write_state(&root.join("r4"), &SavedState::default()).unwrap();
+        assert_eq!(holds_previous_data(root, "r4"), None);
+        write(
+            &root.join("r4/before/data/system/local-1/nb-1-big-Data.db"),
+            10,
+        );
+        assert_eq!(
+            holds_previous_data(root, "r4"),
+            Some(root.join("r4/before"))
+        );
+        let r4 = interrupted(root)
+            .into_iter()
+            .find(|r| r.id == "r4")
+            .unwrap();
+        let error = r4.shared.lock().unwrap().error.clone().unwrap();
+        assert!(error.contains("previous data aside to"), "{error}");
         // Only restore directories, by a restore id.
         for id in ["seed-orders-x", "..", "", "r2/..", "nothing"] {
             assert_eq!(set_aside(root, id).unwrap(), None, "{id}");
