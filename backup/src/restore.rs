@@ -254,6 +254,11 @@ pub fn staged_path(staging: &Path, f: &FileEntry) -> PathBuf {
     staging.join(&f.keyspace).join(&f.table_dir).join(&f.name)
 }
 
+/// Whether `f` is already staged whole in `staging` (a rerun keeps it).
+pub fn is_staged(staging: &Path, f: &FileEntry) -> bool {
+    std::fs::metadata(staged_path(staging, f)).is_ok_and(|m| m.len() == f.size)
+}
+
 /// Downloads every file into `staging`, each checked against its size and
 /// hash before it gets its name, at most at the throttle's rate. Files
 /// already staged (a rerun) are kept.
@@ -274,7 +279,7 @@ pub async fn stage(
     let results: Vec<Result<bool, BackupError>> = futures::stream::iter(files.iter().cloned())
         .map(|f| async move {
             let dest = staged_path(staging, &f);
-            if std::fs::metadata(&dest).is_ok_and(|m| m.len() == f.size) {
+            if is_staged(staging, &f) {
                 progress.bytes_done.fetch_add(f.size, Ordering::Relaxed);
                 progress.files_done.fetch_add(1, Ordering::Relaxed);
                 progress.files_reused.fetch_add(1, Ordering::Relaxed);

@@ -428,13 +428,7 @@ async fn one_request_creates_a_three_node_cluster_with_the_computed_tokens() {
     assert_eq!(count_at(third, "bulk.blobs", Consistency::All).await, 0);
     // The parts of a cancelled restore leave no status behind, and no
     // staged files on the nodes (nothing can continue them).
-    no_files_left(
-        &control
-            .dir
-            .join(format!("backups/orders/restores/status/{running_id}")),
-    )
-    .await;
-    no_part_files_left(&control.dir, &running_id).await;
+    nothing_left_of(&control.dir, &running_id).await;
 
     // A node whose sidecar hangs mid-part (SIGSTOP: its process is there, so
     // the control plane does not replace it) stops reporting: 2 minutes later
@@ -470,13 +464,7 @@ async fn one_request_creates_a_three_node_cluster_with_the_computed_tokens() {
         part["state"] == "cancelled" || part["state"] == "done",
         "{part}"
     );
-    no_files_left(
-        &control
-            .dir
-            .join(format!("backups/orders/restores/status/{silent_id}")),
-    )
-    .await;
-    no_part_files_left(&control.dir, &silent_id).await;
+    nothing_left_of(&control.dir, &silent_id).await;
     assert_eq!(count_at(third, "bulk.blobs", Consistency::All).await, 4000);
 
     // Delete stops every node and forgets the cluster.
@@ -759,9 +747,10 @@ fn files_under(dir: &std::path::Path) -> Vec<String> {
         .collect()
 }
 
-/// Waits (≤ 30 s) until no node of `orders` has files of its part of
-/// cluster restore `id` left on its disk.
-async fn no_part_files_left(control_dir: &std::path::Path, id: &str) {
+/// Waits (≤ 30 s each) until no status of cluster restore `id` of `orders`
+/// is left in the store, and no node has files of its part left on its disk.
+async fn nothing_left_of(control_dir: &std::path::Path, id: &str) {
+    no_files_left(&control_dir.join(format!("backups/orders/restores/status/{id}"))).await;
     for part in part_dirs(control_dir, id) {
         no_files_left(&part).await;
     }

@@ -83,13 +83,18 @@ async fn wait_incremental(node: &TestNode, table_prefix: &str, seen: usize) -> u
     }
 }
 
+/// A node whose backups run only when asked.
+async fn start_node(name: &str, octet: u8) -> TestNode {
+    TestNode::start(NodeSpec {
+        extra_toml: "\n[backup]\nschedule = \"off\"\n".into(),
+        ..NodeSpec::new(name, octet)
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn online_restores_bring_back_tables_exactly_and_to_a_point_in_time() {
-    let node = TestNode::start(NodeSpec {
-        extra_toml: "\n[backup]\nschedule = \"off\"\n".into(),
-        ..NodeSpec::new("rs", 73)
-    })
-    .await;
+    let node = start_node("rs", 73).await;
     node.wait_normal().await;
     let session = cql(node.address).await;
     for s in [
@@ -751,11 +756,7 @@ async fn back_up_then_write_more(node: &TestNode) -> Vec<String> {
 /// backup's data) and only then removes it.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_restore_killed_while_starting_keeps_the_previous_data_until_resumed() {
-    let mut node = TestNode::start(NodeSpec {
-        extra_toml: "\n[backup]\nschedule = \"off\"\n".into(),
-        ..NodeSpec::new("rs-swap", 76)
-    })
-    .await;
+    let mut node = start_node("rs-swap", 76).await;
     back_up_then_write_more(&node).await;
     let old_jvm = node.cassandra_pid().unwrap();
     let id = start_restore(&node, r#"{"mode": "full"}"#).await;
@@ -811,11 +812,7 @@ async fn a_full_restore_killed_while_starting_keeps_the_previous_data_until_resu
 /// fails saying so.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_restore_whose_node_does_not_start_rolls_back() {
-    let node = TestNode::start(NodeSpec {
-        extra_toml: "\n[backup]\nschedule = \"off\"\n".into(),
-        ..NodeSpec::new("rs-back", 75)
-    })
-    .await;
+    let node = start_node("rs-back", 75).await;
     let before = back_up_then_write_more(&node).await;
     let id = start_restore(&node, r#"{"mode": "full"}"#).await;
     wait_restore(&node, &id, "stopping", |r| {

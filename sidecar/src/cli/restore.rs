@@ -111,11 +111,7 @@ pub enum RestoreCommand {
 
 /// Restore ids are letters, digits, `-` and `_` (`r1a2b3c4d5e6f`).
 fn restore_id(s: &str) -> Result<String, String> {
-    if !s.is_empty()
-        && s.len() <= 64
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
+    if crate::restore::is_restore_id(s) {
         Ok(s.to_string())
     } else {
         Err("a restore id is letters, digits, '-' and '_' (e.g. r1a2b3c4d5e6f)".into())

@@ -746,20 +746,16 @@ impl Restores {
     async fn remove_part(&self, store: &ObjectStore, part: &PartKeys) {
         let id = &part.id;
         let deadline = tokio::time::Instant::now() + PART_STOP_TIMEOUT;
-        while self
-            .show_scoped(id, Scope::Node)
-            .is_some_and(|v| v.state == RestoreState::Running)
-        {
-            if tokio::time::Instant::now() > deadline {
-                tracing::warn!(restore = %id, "the part did not stop; its staged files stay");
-                break;
-            }
+        let running = || {
+            self.show_scoped(id, Scope::Node)
+                .is_some_and(|v| v.state == RestoreState::Running)
+        };
+        while running() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        if !self
-            .show_scoped(id, Scope::Node)
-            .is_some_and(|v| v.state == RestoreState::Running)
-        {
+        if running() {
+            tracing::warn!(restore = %id, "the part did not stop; its staged files stay");
+        } else {
             match self.remove_part_files(id).await {
                 Discard::Done(staged) if staged.files > 0 => {
                     tracing::info!(restore = %id, files = staged.files, bytes = staged.bytes, "removed the staged files of the ended part")

@@ -305,6 +305,17 @@ impl Restores {
     /// Plans a restore of this node and checks it against the live schema
     /// and ring.
     pub async fn plan(&self, req: &CreateRestore) -> Result<(SlotPlan, PlanView), StartError> {
+        self.plan_continuing(req, self.unfinished(req).as_deref())
+            .await
+    }
+
+    /// [`Restores::plan`] for a restore that continues restore `continues`
+    /// (when given), whose staged files need no more room on the disk.
+    async fn plan_continuing(
+        &self,
+        req: &CreateRestore,
+        continues: Option<&str>,
+    ) -> Result<(SlotPlan, PlanView), StartError> {
         let live = if req.mode == RestoreMode::Full {
             Vec::new()
         } else {
@@ -314,18 +325,14 @@ impl Restores {
         let (plan, mut view) = self
             .plan_for(req, self.backups.slot(), own_tokens, &live)
             .await?;
-        // What is already staged (a restore continued) needs no more room.
-        let staging = self
-            .unfinished(req)
-            .map(|id| self.root().join(id).join("staging"));
+        let staging = continues.map(|id| self.root().join(id).join("staging"));
         let to_stage: u64 = plan
             .files
             .iter()
             .filter(|f| {
-                !staging.as_ref().is_some_and(|s| {
-                    std::fs::metadata(anchises_backup::restore::staged_path(s, f))
-                        .is_ok_and(|m| m.len() == f.size)
-                })
+                !staging
+                    .as_ref()
+                    .is_some_and(|s| anchises_backup::restore::is_staged(s, f))
             })
             .map(|f| f.size)
             .sum();
@@ -502,15 +509,16 @@ impl Restores {
         req: CreateRestore,
         id: Option<String>,
     ) -> Result<(String, Job), StartError> {
-        let (plan, view) = self.plan(&req).await?;
+        let cluster_part = id.is_some();
+        let continues = id.or_else(|| self.unfinished(&req));
+        let (plan, view) = self.plan_continuing(&req, continues.as_deref()).await?;
         if !view.blockers.is_empty() {
             return Err(StartError::Invalid(format!(
                 "restore blocked: {}",
                 view.blockers.join("; ")
             )));
         }
-        let cluster_part = id.is_some();
-        let id = id.or_else(|| self.unfinished(&req)).unwrap_or_else(new_id);
+        let id = continues.unwrap_or_else(new_id);
         let dir = self.root().join(&id);
         let mut saved = read_state(&dir).unwrap_or_default();
         saved.request = req.clone();
@@ -599,18 +607,14 @@ impl Restores {
             runs.retain(|r| r.id != id);
             set_aside
         };
-        match set_aside {
-            None => Discard::Done(Staged::default()),
-            Some(dir) => remove_set_aside(dir).await,
-        }
+        remove_set_aside(set_aside).await
     }
 
     /// Removes the directory of this node's part of cluster restore `id`
     /// (which can no longer continue), keeping the part's record in memory.
     async fn remove_part_files(&self, id: &str) -> Discard {
         match set_aside(&self.root(), id) {
-            Ok(None) => Discard::Done(Staged::default()),
-            Ok(Some(dir)) => remove_set_aside(dir).await,
+            Ok(dir) => remove_set_aside(dir).await,
             Err(e) => Discard::Failed(e.to_string()),
         }
     }
@@ -1198,16 +1202,21 @@ fn staged(dir: &Path) -> Staged {
         })
 }
 
+/// Whether `s` can be a restore id: letters, digits, `-` and `_`, at most 64
+/// (`r1a2b3c4d5e6f`); so also a plain directory name.
+pub fn is_restore_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// Renames restore `id`'s directory under `root` out of the way (so nothing
 /// continues it); `None` if there is no restore `id` (no saved state, or not
 /// a restore id).
 fn set_aside(root: &Path, id: &str) -> std::io::Result<Option<PathBuf>> {
-    let valid = !id.is_empty()
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     let dir = root.join(id);
-    if !valid || !dir.join("state.json").is_file() {
+    if !is_restore_id(id) || !dir.join("state.json").is_file() {
         return Ok(None);
     }
     let aside = root.join(format!("{DISCARDED}{id}"));
@@ -1218,8 +1227,12 @@ fn set_aside(root: &Path, id: &str) -> std::io::Result<Option<PathBuf>> {
     Ok(Some(aside))
 }
 
-/// Removes a directory from [`set_aside`] and says what was staged in it.
-async fn remove_set_aside(dir: PathBuf) -> Discard {
+/// Removes a directory from [`set_aside`] (if there was one) and says what
+/// was staged in it.
+async fn remove_set_aside(dir: Option<PathBuf>) -> Discard {
+    let Some(dir) = dir else {
+        return Discard::Done(Staged::default());
+    };
     let removed = tokio::task::spawn_blocking(move || {
         let staged = staged(&dir.join("staging"));
         std::fs::remove_dir_all(&dir).map(|()| staged)
@@ -1654,7 +1667,7 @@ mod tests {
         assert!(!root.join("r1").exists());
         assert!(saved_states(root).iter().all(|(id, _)| id != "r1"));
         assert_eq!(
-            remove_set_aside(aside).await,
+            remove_set_aside(Some(aside)).await,
             Discard::Done(Staged {
                 files: 2,
                 bytes: 3200
@@ -1663,7 +1676,7 @@ mod tests {
         assert_eq!(std::fs::read_dir(root).unwrap().count(), 3);
         let aside = set_aside(root, "r3").unwrap().unwrap();
         assert_eq!(
-            remove_set_aside(aside).await,
+            remove_set_aside(Some(aside)).await,
             Discard::Done(Staged::default())
         );
         // A full-node restore that moved the node's data aside keeps it.
