@@ -37,6 +37,36 @@ pub fn snapshot_files(data_dir: &Path, tag: &str) -> std::io::Result<Vec<SourceF
     table_subdir_files(data_dir, &Path::new("snapshots").join(tag))
 }
 
+/// The tags of the snapshots under `data_dir` that start with `prefix`
+/// (`<data>/<ks>/<table dir>/snapshots/<tag>`), sorted.
+pub fn snapshot_tags(data_dir: &Path, prefix: &str) -> std::io::Result<Vec<String>> {
+    let mut tags = std::collections::BTreeSet::new();
+    let keyspaces = match std::fs::read_dir(data_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    for keyspace in keyspaces {
+        let keyspace = keyspace?;
+        if !keyspace.file_type()?.is_dir() {
+            continue;
+        }
+        let ks = keyspace.file_name().to_string_lossy().into_owned();
+        for table in layout::table_dirs(data_dir, &ks)? {
+            let Ok(snapshots) = std::fs::read_dir(table.path.join("snapshots")) else {
+                continue;
+            };
+            for snapshot in snapshots.flatten() {
+                let tag = snapshot.file_name().to_string_lossy().into_owned();
+                if tag.starts_with(prefix) {
+                    tags.insert(tag);
+                }
+            }
+        }
+    }
+    Ok(tags.into_iter().collect())
+}
+
 /// The incremental backup links: `<data>/<ks>/<table dir>/backups/*`.
 pub fn incremental_files(data_dir: &Path) -> std::io::Result<Vec<SourceFile>> {
     table_subdir_files(data_dir, Path::new("backups"))

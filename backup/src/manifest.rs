@@ -23,6 +23,9 @@ use crate::store::{ObjectKey, StoreError};
 /// The manifest format this code writes and reads.
 pub const FORMAT: u32 = 1;
 
+/// What the tags of the snapshots backups take start with.
+pub const SNAPSHOT_TAG_PREFIX: &str = "anchises-";
+
 /// A backup id: `YYYYMMDDTHHMMSSZ-xxxxxx`, sortable by time, valid as a key
 /// segment and (prefixed) as a snapshot tag.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -65,7 +68,7 @@ impl BackupId {
 
     /// The snapshot tag a node backup takes.
     pub fn snapshot_tag(&self) -> String {
-        format!("anchises-{}", self.0)
+        format!("{SNAPSHOT_TAG_PREFIX}{}", self.0)
     }
 }
 

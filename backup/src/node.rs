@@ -3,6 +3,7 @@
 //! incremental log → links removed). Both go through one [`SlotBackups`] per
 //! node, whose lock keeps them, and purges, from interleaving.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -14,6 +15,7 @@ use crate::error::BackupError;
 use crate::files::{incremental_files, totals, FileStorer, Progress, SourceFile, StoreSettings};
 use crate::index::{Journal, StoredIndex};
 use crate::manifest::{BackupId, IncrementalEntry, NodeManifest, SlotRef, FORMAT};
+use crate::retention::{execute_purge, plan_purge, PurgePlan};
 use crate::store::ObjectStore;
 
 /// What a manifest records about the node, gathered from Cassandra by the
@@ -68,6 +70,26 @@ impl SlotBackups {
     /// Taken by snapshot backups, incremental uploads and purges.
     pub async fn lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
         self.lock.lock().await
+    }
+
+    /// Purges the backups `choose` picks among this slot's manifests (oldest
+    /// first), and every object that only they named; with `dry_run` only
+    /// says what would go. Under the slot's lock, so that no upload lands
+    /// between the plan's reading of what is referenced and its sweep.
+    pub async fn purge(
+        &self,
+        choose: impl FnOnce(&[NodeManifest]) -> Vec<BackupId>,
+        dry_run: bool,
+    ) -> Result<PurgePlan, BackupError> {
+        let _guard = self.lock().await;
+        let manifests = self.catalog.manifests(&self.slot).await?;
+        let delete = choose(&manifests);
+        let pending: HashSet<String> = self.journal.entries()?.into_iter().map(|e| e.key).collect();
+        let plan = plan_purge(&self.catalog, &self.slot, &delete, &pending).await?;
+        if !dry_run {
+            execute_purge(&self.catalog, &self.slot, &plan).await?;
+        }
+        Ok(plan)
     }
 
     fn storer<'a>(

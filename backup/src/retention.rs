@@ -20,6 +20,13 @@ use crate::upload::check_object;
 
 /// Which backups to keep. A backup is kept if any set rule keeps it; with no
 /// rule set everything is kept. The newest backup is always kept.
+///
+/// The rules are about backups of all keyspaces: a backup of some keyspaces
+/// only (`-k`) never counts toward `keep_last`, so it can never make the
+/// last full backups expire. It is kept while it is younger than
+/// `keep_days`, or newer than the oldest full backup kept (it adds to what
+/// those cover); older partial backups go. A slot with no full backup at
+/// all applies the rules to its partial backups alone.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Retention {
     /// Keep the newest N backups.
@@ -34,19 +41,49 @@ impl Retention {
         if self.keep_last.is_none() && self.keep_days.is_none() {
             return Vec::new();
         }
-        let n = manifests.len();
+        let by_age = |m: &NodeManifest| {
+            self.keep_days
+                .is_some_and(|d| now - m.started_at < time::Duration::days(d as i64))
+        };
+        let full: Vec<&NodeManifest> = manifests
+            .iter()
+            .filter(|m| m.keyspaces.is_empty())
+            .collect();
+        // Of `ranked` (oldest first): the newest, the newest `keep_last`,
+        // and those young enough.
+        let keep_among = |ranked: &[&NodeManifest]| -> HashSet<BackupId> {
+            let n = ranked.len();
+            ranked
+                .iter()
+                .enumerate()
+                .filter(|(i, m)| {
+                    *i + 1 == n || self.keep_last.is_some_and(|k| n - i <= k as usize) || by_age(m)
+                })
+                .map(|(_, m)| m.backup_id.clone())
+                .collect()
+        };
+        let mut kept = if full.is_empty() {
+            keep_among(&manifests.iter().collect::<Vec<_>>())
+        } else {
+            keep_among(&full)
+        };
+        let oldest_full_kept = full
+            .iter()
+            .filter(|m| kept.contains(&m.backup_id))
+            .map(|m| m.started_at)
+            .min();
+        if let Some(oldest) = oldest_full_kept {
+            kept.extend(
+                manifests
+                    .iter()
+                    .filter(|m| !m.keyspaces.is_empty() && (by_age(m) || m.started_at >= oldest))
+                    .map(|m| m.backup_id.clone()),
+            );
+        }
         manifests
             .iter()
-            .enumerate()
-            .filter(|(i, m)| {
-                let newest = *i + 1 == n;
-                let by_count = self.keep_last.is_some_and(|k| n - i <= k as usize);
-                let by_age = self
-                    .keep_days
-                    .is_some_and(|d| now - m.started_at < time::Duration::days(d as i64));
-                !(newest || by_count || by_age)
-            })
-            .map(|(_, m)| m.backup_id.clone())
+            .filter(|m| !kept.contains(&m.backup_id))
+            .map(|m| m.backup_id.clone())
             .collect()
     }
 }
@@ -65,7 +102,7 @@ pub struct PurgePlan {
 /// rule, or named by a user), and every object nothing kept names.
 /// `pending` are the keys of uploads not yet named by a manifest (the
 /// node's journal): never swept.
-pub async fn plan_purge(
+pub(crate) async fn plan_purge(
     catalog: &Catalog,
     slot: &SlotRef,
     delete: &[BackupId],
@@ -108,7 +145,7 @@ pub async fn plan_purge(
 
 /// Carries out a plan: manifests, then log entries, then objects (in batches
 /// of up to 1,000 keys on S3).
-pub async fn execute_purge(
+pub(crate) async fn execute_purge(
     catalog: &Catalog,
     slot: &SlotRef,
     plan: &PurgePlan,
@@ -186,5 +223,107 @@ pub async fn verify_files(
         files: files.len() as u64,
         bytes: files.iter().map(|f| f.size).sum(),
         problems,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{Totals, FORMAT};
+
+    /// A manifest started `days_ago` days before `now()`, of `keyspaces`
+    /// (empty: all); its id says which it is.
+    fn backup(name: &str, days_ago: i64, keyspaces: &[&str]) -> NodeManifest {
+        let at = now() - time::Duration::days(days_ago);
+        NodeManifest {
+            format: FORMAT,
+            backup_id: BackupId::parse(&format!("{}-{name}", at.unix_timestamp())).unwrap(),
+            slot: SlotRef {
+                cluster: "orders".into(),
+                dc: "dc1".into(),
+                slot: 0,
+            },
+            rack: "r1".into(),
+            address: "127.0.0.1".into(),
+            started_at: at,
+            finished_at: at,
+            cassandra_version: "5.0.9".into(),
+            partitioner: "org.apache.cassandra.dht.Murmur3Partitioner".into(),
+            tokens: vec!["0".into()],
+            keyspaces: keyspaces.iter().map(|k| k.to_string()).collect(),
+            schema: String::new(),
+            files: Vec::new(),
+            totals: Totals::default(),
+        }
+    }
+
+    fn now() -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap()
+    }
+
+    /// The names (id suffixes) of what `rule` expires among `manifests`.
+    fn expired(rule: Retention, manifests: &[NodeManifest]) -> Vec<String> {
+        rule.expired(manifests, now())
+            .iter()
+            .map(|id| id.as_str().split_once('-').unwrap().1.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn partial_backups_never_make_the_full_ones_expire() {
+        let last = |k| Retention {
+            keep_last: Some(k),
+            keep_days: None,
+        };
+        let days = |d| Retention {
+            keep_last: None,
+            keep_days: Some(d),
+        };
+        // Two full backups, then three of one keyspace only.
+        let m = [
+            backup("full1", 20, &[]),
+            backup("full2", 10, &[]),
+            backup("billing1", 3, &["billing"]),
+            backup("billing2", 2, &["billing"]),
+            backup("billing3", 1, &["billing"]),
+        ];
+        // Counting every backup alike would keep only the three partial ones.
+        assert_eq!(expired(last(3), &m), Vec::<String>::new());
+        assert_eq!(expired(last(1), &m), vec!["full1"]);
+        // By age: every full backup is older than 7 days; the newest is kept.
+        assert_eq!(expired(days(7), &m), vec!["full1"]);
+        // A partial backup older than the oldest kept full one goes, unless
+        // it is young enough.
+        let m = [
+            backup("full1", 30, &[]),
+            backup("billing1", 25, &["billing"]),
+            backup("full2", 20, &[]),
+            backup("billing2", 15, &["billing"]),
+            backup("full3", 10, &[]),
+        ];
+        assert_eq!(
+            expired(last(1), &m),
+            vec!["full1", "billing1", "full2", "billing2"]
+        );
+        assert_eq!(expired(last(2), &m), vec!["full1", "billing1"]);
+        assert_eq!(
+            expired(
+                Retention {
+                    keep_last: Some(1),
+                    keep_days: Some(16)
+                },
+                &m
+            ),
+            vec!["full1", "billing1", "full2"]
+        );
+        // With no full backup at all, the partial ones follow the rules.
+        let m = [
+            backup("a", 3, &["billing"]),
+            backup("b", 2, &["shop"]),
+            backup("c", 1, &["billing"]),
+        ];
+        assert_eq!(expired(last(2), &m), vec!["a"]);
+        assert_eq!(expired(days(1), &m), vec!["a", "b"]);
+        assert_eq!(expired(Retention::default(), &m), Vec::<String>::new());
     }
 }

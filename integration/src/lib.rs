@@ -76,6 +76,16 @@ pub fn s3_store_toml(endpoint: &str, bucket: &str, access_key_id: &str, secret: 
 
 /// Requires an API answer to be status `want` with an `error` that mentions
 /// `words`.
+/// What `find DIR ARGS…` prints, line by line (nothing when DIR does not
+/// exist).
+pub fn find(dir: &Path, args: &[&str]) -> Vec<String> {
+    let out = Command::new("find").arg(dir).args(args).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
 pub fn assert_error(status: u16, body: &Value, want: u16, words: &str) {
     assert_eq!(status, want, "{body}");
     let msg = body["error"]

@@ -9,7 +9,7 @@ use anchises_backup::catalog::Catalog;
 use anchises_backup::manifest::{BackupId, SlotRef};
 use anchises_backup::testing::MotoServer;
 use anchises_backup::{ObjectKey, ObjectStore};
-use anchises_integration::{s3_store_toml, NodeSpec, TestNode};
+use anchises_integration::{find, s3_store_toml, NodeSpec, TestNode};
 use futures::future::try_join_all;
 use serde_json::Value;
 
@@ -62,6 +62,13 @@ async fn load(node: &TestNode, rows: i32) {
             session.execute_unpaged(&visits, (i,)).await.unwrap();
         }
     }
+}
+
+/// The snapshot directories under the node's data directory whose tag
+/// starts with `tag_prefix`.
+fn snapshots_of(node: &TestNode, tag_prefix: &str) -> Vec<String> {
+    let path = format!("*/snapshots/{tag_prefix}*");
+    find(&node.data_dir(), &["-path", &path, "-prune"])
 }
 
 /// Starts a backup, expects 202, waits for its job; returns (id, job).
@@ -173,16 +180,7 @@ async fn a_node_backs_up_to_s3_dedups_picks_up_incrementals_verifies_and_purges(
         "the node's tokens are recorded"
     );
     // The snapshot was cleared.
-    let leftover = std::process::Command::new("find")
-        .arg(node.data_dir())
-        .args(["-path", "*snapshots/anchises-*"])
-        .output()
-        .unwrap();
-    assert!(
-        leftover.stdout.is_empty(),
-        "{}",
-        String::from_utf8_lossy(&leftover.stdout)
-    );
+    assert_eq!(snapshots_of(&node, "anchises-"), Vec::<String>::new());
 
     // Dedup: two backups of unchanged ks; the second uploads no byte.
     let (first_ks, job) = back_up(&node, r#"{"keyspaces": ["ks"]}"#).await;
@@ -320,31 +318,41 @@ async fn a_node_backs_up_to_s3_dedups_picks_up_incrementals_verifies_and_purges(
         "{metrics}"
     );
 
-    // Retention: keep the newest only. A dry run lists the two older ones
-    // and deletes nothing; the purge then leaves one backup.
-    let (status, dry) = {
-        let (s, _, b) = node
-            .request(
-                "POST",
-                "/v1/backups/purge",
-                Some(r#"{"dry_run": true, "keep_last": 1}"#),
-            )
-            .await;
-        (s, b)
+    // Retention: keep the newest only. Backups of one keyspace never make
+    // the only full backup expire, and those newer than it add to it: a dry
+    // run of `keep_last: 1` has nothing to delete.
+    let dry_run = |body: &'static str| {
+        let node = &node;
+        async move {
+            let (status, _, dry) = node.request("POST", "/v1/backups/purge", Some(body)).await;
+            assert_eq!(status, 200, "{dry}");
+            let ids = |list: &str| -> HashSet<String> {
+                dry["plan"][list]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|b| b.as_str().unwrap().to_string())
+                    .collect()
+            };
+            (ids("backups"), ids("kept"))
+        }
     };
-    assert_eq!(status, 200, "{dry}");
-    let doomed: HashSet<&str> = dry["plan"]["backups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b.as_str().unwrap())
-        .collect();
+    let (doomed, kept) = dry_run(r#"{"dry_run": true, "keep_last": 1}"#).await;
+    assert!(doomed.is_empty(), "{doomed:?}");
+    assert_eq!(
+        kept,
+        HashSet::from([full_id.clone(), first_ks.clone(), second_ks.clone()])
+    );
+    // A newer full backup: now the three older ones go. The dry run deletes
+    // nothing; the purge then leaves the newest.
+    let (newest, job) = back_up(&node, "{}").await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let (doomed, _) = dry_run(r#"{"dry_run": true, "keep_last": 1}"#).await;
     assert_eq!(
         doomed,
-        HashSet::from([full_id.as_str(), first_ks.as_str()]),
-        "{dry}"
+        HashSet::from([full_id.clone(), first_ks.clone(), second_ks.clone()])
     );
-    assert_eq!(catalog.backup_ids(&slot).await.unwrap().len(), 3);
+    assert_eq!(catalog.backup_ids(&slot).await.unwrap().len(), 4);
     let purge = run_job(
         &node,
         "POST",
@@ -355,7 +363,7 @@ async fn a_node_backs_up_to_s3_dedups_picks_up_incrementals_verifies_and_purges(
     assert_eq!(purge["state"], "succeeded", "{purge}");
     assert_eq!(
         catalog.backup_ids(&slot).await.unwrap(),
-        vec![BackupId::parse(&second_ks).unwrap()]
+        vec![BackupId::parse(&newest).unwrap()]
     );
     let (_, list) = node.get("/v1/backups").await;
     let ids: Vec<&str> = list
@@ -364,7 +372,7 @@ async fn a_node_backs_up_to_s3_dedups_picks_up_incrementals_verifies_and_purges(
         .iter()
         .map(|b| b["id"].as_str().unwrap())
         .collect();
-    assert_eq!(ids, vec![second_ks.as_str()], "{list}");
+    assert_eq!(ids, vec![newest.as_str()], "{list}");
     // Unknown and malformed ids.
     assert_eq!(node.get("/v1/backups/20200101T000000Z-000000").await.0, 404);
     assert_eq!(node.get("/v1/backups/..%2Fx").await.0, 400);
@@ -495,6 +503,9 @@ async fn a_killed_sidecar_resumes_its_backup_and_a_bad_store_fails_clearly() {
     )
     .await;
     assert_eq!(verify["result"]["ok"], true, "{verify}");
+    // The killed backups' snapshots (the first one's at least was taken) are
+    // cleared by the next backup, which also cleared its own.
+    assert_eq!(snapshots_of(&node, "anchises-"), Vec::<String>::new());
 
     // A bucket that does not exist: the job fails with a clear error, the
     // failure is listed, and the snapshot is cleared.
@@ -526,15 +537,9 @@ async fn a_killed_sidecar_resumes_its_backup_and_a_bad_store_fails_clearly() {
             .contains("bucket"),
         "{list}"
     );
-    let leftover = std::process::Command::new("find")
-        .arg(node.data_dir())
-        .args(["-path", &format!("*snapshots/anchises-{failed_id}*")])
-        .output()
-        .unwrap();
-    assert!(
-        leftover.stdout.is_empty(),
-        "{}",
-        String::from_utf8_lossy(&leftover.stdout)
+    assert_eq!(
+        snapshots_of(&node, &format!("anchises-{failed_id}")),
+        Vec::<String>::new()
     );
     let (_, metrics) = node.get_text("/metrics").await;
     assert!(
@@ -563,12 +568,11 @@ async fn a_killed_sidecar_resumes_its_backup_and_a_bad_store_fails_clearly() {
         list["error"].as_str().unwrap().contains("credentials"),
         "{list}"
     );
-    let leftover = std::process::Command::new("find")
-        .arg(node.data_dir())
-        .args(["-path", &format!("*snapshots/anchises-{refused_id}*")])
-        .output()
-        .unwrap();
-    assert!(leftover.stdout.is_empty(), "the snapshot is cleared");
+    assert_eq!(
+        snapshots_of(&node, &format!("anchises-{refused_id}")),
+        Vec::<String>::new(),
+        "the snapshot is cleared"
+    );
     drop(moto);
 
     // The schedule: back on the filesystem store with a backup every 10 s,

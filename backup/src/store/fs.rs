@@ -115,16 +115,10 @@ impl FsBackend {
         }
         file.sync_all().await.map_err(io)?;
         drop(file);
-        let target = self.path(key);
-        let parent = target.parent().expect("a key path has a parent");
-        tokio::fs::create_dir_all(parent).await.map_err(io)?;
-        tokio::fs::rename(temp, &target).await.map_err(io)?;
-        // The rename is durable only once the directory entry is.
-        tokio::fs::File::open(parent)
+        let (temp, target) = (temp.to_path_buf(), self.path(key));
+        tokio::task::spawn_blocking(move || rename_into(&temp, &target))
             .await
-            .map_err(io)?
-            .sync_all()
-            .await
+            .map_err(|e| StoreError::permanent("put", key.as_str(), e.to_string()))?
             .map_err(io)?;
         Ok(size)
     }
@@ -256,6 +250,25 @@ fn list_blocking(root: &Path, prefix: &str) -> Result<Vec<ListedObject>, StoreEr
     Ok(found)
 }
 
+/// Renames the written `temp` over `target`, creating its directory, and
+/// syncs the directory entry (the rename is durable only then). A delete
+/// prunes directories it leaves empty, so the directory can go between its
+/// creation and the rename: that is tried again.
+fn rename_into(temp: &Path, target: &Path) -> std::io::Result<()> {
+    let parent = target.parent().expect("a key path has a parent");
+    let mut tries = 0;
+    loop {
+        std::fs::create_dir_all(parent)?;
+        match std::fs::rename(temp, target) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && tries < 5 && temp.exists() => {
+                tries += 1;
+            }
+            Err(e) => return Err(e),
+            Ok(()) => return std::fs::File::open(parent)?.sync_all(),
+        }
+    }
+}
+
 /// An object written by a blocking writer on this machine, as `put_reader`
 /// writes one: a temp file under the store, synced, renamed over the key,
 /// and the directory entry synced.
@@ -280,10 +293,7 @@ impl LocalPut {
     pub fn commit(&self, file: std::fs::File) -> std::io::Result<()> {
         file.sync_all()?;
         drop(file);
-        let parent = self.target.parent().expect("a key path has a parent");
-        std::fs::create_dir_all(parent)?;
-        std::fs::rename(&self.temp, &self.target)?;
-        std::fs::File::open(parent)?.sync_all()
+        rename_into(&self.temp, &self.target)
     }
 
     /// Removes the temp file after a failure.

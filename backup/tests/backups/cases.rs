@@ -1,4 +1,3 @@
-use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -6,7 +5,7 @@ use std::sync::Arc;
 use anchises_backup::files::{incremental_files, snapshot_files, Progress, StoreSettings};
 use anchises_backup::manifest::{BackupId, Compression, NodeManifest, SlotRef};
 use anchises_backup::node::{NodeInfo, SlotBackups};
-use anchises_backup::retention::{execute_purge, plan_purge, verify_files, Retention};
+use anchises_backup::retention::{verify_files, Retention};
 use anchises_backup::store::Faults;
 use anchises_backup::{BackupError, ObjectKey, ObjectStore};
 use tempfile::TempDir;
@@ -157,8 +156,19 @@ pub async fn back_up(
     node: &Node,
     tag: &str,
 ) -> Result<(NodeManifest, Arc<Progress>), BackupError> {
+    back_up_keyspaces(backups, node, tag, &[]).await
+}
+
+/// [`back_up`] of `keyspaces` only (empty: all of them).
+pub async fn back_up_keyspaces(
+    backups: &SlotBackups,
+    node: &Node,
+    tag: &str,
+    keyspaces: &[&str],
+) -> Result<(NodeManifest, Arc<Progress>), BackupError> {
     node.snapshot(tag);
-    let files = snapshot_files(&node.data, tag).unwrap();
+    let mut files = snapshot_files(&node.data, tag).unwrap();
+    files.retain(|f| keyspaces.is_empty() || keyspaces.contains(&f.keyspace.as_str()));
     let progress = Arc::new(Progress::default());
     let id = BackupId::generate(OffsetDateTime::now_utc());
     let manifest = backups
@@ -166,7 +176,7 @@ pub async fn back_up(
             &id,
             OffsetDateTime::now_utc(),
             info(),
-            vec![],
+            keyspaces.iter().map(|k| k.to_string()).collect(),
             files,
             &progress,
             &CancellationToken::new(),
@@ -523,7 +533,9 @@ pub async fn purge_keeps_what_retention_keeps_and_sweeps_the_rest(store: ObjectS
         .expired(&manifests, OffsetDateTime::now_utc())
         .is_empty());
 
-    let plan = plan_purge(&backups.catalog, &slot(), &expired, &HashSet::new())
+    let now = OffsetDateTime::now_utc();
+    let plan = backups
+        .purge(|m| retention.expired(m, now), true)
         .await
         .unwrap();
     assert_eq!(plan.backups, expired);
@@ -538,9 +550,21 @@ pub async fn purge_keeps_what_retention_keeps_and_sweeps_the_rest(store: ObjectS
     // A dry run changes nothing.
     assert_eq!(backups.catalog.backup_ids(&slot()).await.unwrap().len(), 3);
 
-    execute_purge(&backups.catalog, &slot(), &plan)
-        .await
-        .unwrap();
+    // The purge waits for whatever holds the slot's lock (an incremental
+    // upload adding objects no manifest names yet) before it reads anything.
+    let guard = backups.lock().await;
+    let purge = tokio::spawn({
+        let backups = backups.clone();
+        async move { backups.purge(|m| retention.expired(m, now), false).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !purge.is_finished(),
+        "the purge ran while the lock was held"
+    );
+    assert_eq!(backups.catalog.backup_ids(&slot()).await.unwrap().len(), 3);
+    drop(guard);
+    assert_eq!(purge.await.unwrap().unwrap(), plan);
     assert_eq!(
         backups.catalog.backup_ids(&slot()).await.unwrap(),
         vec![b3.backup_id.clone()]

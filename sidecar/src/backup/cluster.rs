@@ -34,6 +34,11 @@ pub(crate) const POLL: Duration = Duration::from_secs(2);
 pub(crate) const PICKUP_TIMEOUT: Duration = Duration::from_secs(90);
 /// Requests older than this are ignored (their asker is gone).
 pub(crate) const REQUEST_TTL: time::Duration = time::Duration::hours(24);
+/// A node whose running part has not reported for this long is given up:
+/// its sidecar stopped mid-backup and has not come back (a running part, or
+/// one waiting for another backup to end, reports every [`HEARTBEAT`]).
+pub(crate) const SILENT_AFTER: Duration = Duration::from_secs(120);
+const HEARTBEAT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Request {
@@ -62,6 +67,17 @@ struct Status {
     error: Option<String>,
     #[serde(default)]
     totals: Totals,
+}
+
+impl Status {
+    /// Whether the coordinator goes on waiting for this node as of `now`:
+    /// running (or waiting to run) and heard of within [`SILENT_AFTER`].
+    fn awaited(&self, now: OffsetDateTime) -> bool {
+        matches!(
+            self.state,
+            NodeBackupState::Running | NodeBackupState::Pending
+        ) && now - self.at < SILENT_AFTER
+    }
 }
 
 pub struct ClusterBackups {
@@ -108,12 +124,38 @@ pub(crate) async fn put_json<T: Serialize>(
 }
 
 /// Reports a node backup's outcome to its cluster backup's status object.
+#[derive(Clone)]
 pub struct Reporter {
     store: ObjectStore,
     key: ObjectKey,
 }
 
 impl Reporter {
+    /// Runs `work` (the node's part), saying every [`HEARTBEAT`] that it is
+    /// still running.
+    pub async fn while_running<T>(&self, work: impl std::future::Future<Output = T>) -> T {
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                out = &mut work => return out,
+                _ = tokio::time::sleep(HEARTBEAT) => self.running().await,
+            }
+        }
+    }
+
+    /// Says the part is running (or waiting to run), as of now.
+    async fn running(&self) {
+        let status = Status {
+            state: NodeBackupState::Running,
+            at: OffsetDateTime::now_utc(),
+            error: None,
+            totals: Totals::default(),
+        };
+        if let Err(e) = put_json(&self.store, &self.key, &status).await {
+            tracing::warn!(key = %self.key, error = %e, "cannot report the node backup as running");
+        }
+    }
+
     pub async fn report(&self, outcome: &Result<Value, BackupError>) {
         let status = match outcome {
             Ok(v) => Status {
@@ -229,9 +271,10 @@ impl ClusterBackups {
         let started = tokio::time::Instant::now();
         let statuses = loop {
             let statuses = self.statuses(id, &nodes).await?;
+            let now = OffsetDateTime::now_utc();
             let pending = statuses.iter().any(|(_, s)| match s {
                 None => started.elapsed() < PICKUP_TIMEOUT,
-                Some(s) => matches!(s.state, NodeBackupState::Running | NodeBackupState::Pending),
+                Some(s) => s.awaited(now),
             });
             if !pending {
                 break statuses;
@@ -246,6 +289,16 @@ impl ClusterBackups {
             .zip(statuses)
             .map(|(n, (_, status))| {
                 let (state, error, totals) = match status {
+                    // No longer awaited, yet not ended: it went silent.
+                    Some(s) if matches!(s.state, NodeBackupState::Running | NodeBackupState::Pending) => (
+                        NodeBackupState::Failed,
+                        Some(format!(
+                            "the node at {} stopped reporting its backup at {} (is its sidecar running?)",
+                            n.address,
+                            anchises_backup::manifest::rfc3339(s.at)
+                        )),
+                        s.totals,
+                    ),
                     Some(s) => (s.state, s.error, s.totals),
                     None => (
                         NodeBackupState::Failed,
@@ -405,7 +458,11 @@ impl ClusterBackups {
                 store: self.store.clone(),
                 key: key.clone(),
             };
-            match backups.start_node_backup(id.clone(), request.keyspaces.clone(), Some(reporter)) {
+            match backups.start_node_backup(
+                id.clone(),
+                request.keyspaces.clone(),
+                Some(reporter.clone()),
+            ) {
                 Ok(job) => {
                     self.handled
                         .lock()
@@ -415,6 +472,8 @@ impl ClusterBackups {
                 }
                 Err(StartError::Conflict(c)) => {
                     tracing::info!(backup = %id, running = %c.running.id, "cluster backup request waits for a running backup");
+                    // Waiting is not silence.
+                    reporter.running().await;
                 }
                 Err(e) => return Err(BackupError::Invalid(e.to_string())),
             }
@@ -462,4 +521,29 @@ pub fn summary(index: &ClusterIndex) -> BackupSummary {
         s.error = Some(failures.join("; "));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_that_stops_reporting_its_running_part_is_no_longer_awaited() {
+        let now = OffsetDateTime::now_utc();
+        let status = |state, ago: Duration| Status {
+            state,
+            at: now - ago,
+            error: None,
+            totals: Totals::default(),
+        };
+        let recent = HEARTBEAT * 2;
+        let silent = SILENT_AFTER + Duration::from_secs(1);
+        assert!(status(NodeBackupState::Running, recent).awaited(now));
+        assert!(status(NodeBackupState::Pending, recent).awaited(now));
+        assert!(!status(NodeBackupState::Running, silent).awaited(now));
+        assert!(!status(NodeBackupState::Done, recent).awaited(now));
+        assert!(!status(NodeBackupState::Failed, recent).awaited(now));
+        // Several heartbeats fit in the silence a node is allowed.
+        assert!(HEARTBEAT * 6 <= SILENT_AFTER);
+    }
 }

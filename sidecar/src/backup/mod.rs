@@ -10,12 +10,12 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use anchises_backup::files::{snapshot_files, Progress, ProgressView, StoreSettings};
-use anchises_backup::manifest::{BackupId, NodeManifest, SlotRef, Totals};
-use anchises_backup::node::{NodeInfo, SlotBackups};
-use anchises_backup::retention::{
-    execute_purge, plan_purge, verify_files, PurgePlan, Retention, VerifyReport,
+use anchises_backup::files::{
+    snapshot_files, snapshot_tags, Progress, ProgressView, StoreSettings,
 };
+use anchises_backup::manifest::{BackupId, NodeBackupState, NodeManifest, SlotRef, Totals};
+use anchises_backup::node::{NodeInfo, SlotBackups};
+use anchises_backup::retention::{verify_files, PurgePlan, Retention, VerifyReport};
 use anchises_backup::upload::Throttle;
 use anchises_backup::{BackupError, ObjectStore};
 use serde::{Deserialize, Serialize};
@@ -300,7 +300,11 @@ impl Backups {
         let job = self
             .jobs
             .start(GROUP, "backup.create", move |cancel| async move {
-                let outcome = this.run_node_backup(&job_run, keyspaces, &cancel).await;
+                let work = this.run_node_backup(&job_run, keyspaces, &cancel);
+                let outcome = match &on_done {
+                    Some(reporter) => reporter.while_running(work).await,
+                    None => work.await,
+                };
                 this.finish(&job_run, &outcome);
                 if let Some(report) = on_done {
                     report.report(&outcome).await;
@@ -351,6 +355,7 @@ impl Backups {
         set_phase("snapshot");
         let tag = run.id.snapshot_tag();
         let info = self.node_info().await?;
+        self.clear_leftover_snapshots().await;
         self.snapshot(&tag, &keyspaces).await?;
         let result = async {
             set_phase("upload");
@@ -401,33 +406,13 @@ impl Backups {
     /// Deletes what retention no longer keeps; failures are logged, never
     /// failing the backup that triggered them.
     async fn apply_retention(&self) -> Vec<String> {
-        let retention = self.retention();
-        let result = async {
-            let manifests = self.slot_backups.catalog.manifests(self.slot()).await?;
-            let expired = retention.expired(&manifests, OffsetDateTime::now_utc());
-            if expired.is_empty() {
-                return Ok(Vec::new());
+        match self.purge(&self.retention(), false).await {
+            Ok(plan) => plan.backups.iter().map(|b| b.to_string()).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "retention purge failed");
+                Vec::new()
             }
-            let plan = self.purge_plan(&expired).await?;
-            execute_purge(&self.slot_backups.catalog, self.slot(), &plan).await?;
-            Ok::<_, BackupError>(plan.backups.iter().map(|b| b.to_string()).collect())
         }
-        .await;
-        result.unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "retention purge failed");
-            Vec::new()
-        })
-    }
-
-    async fn purge_plan(&self, delete: &[BackupId]) -> Result<PurgePlan, BackupError> {
-        let pending: HashSet<String> = self
-            .slot_backups
-            .journal()
-            .entries()?
-            .into_iter()
-            .map(|e| e.key)
-            .collect();
-        plan_purge(&self.slot_backups.catalog, self.slot(), delete, &pending).await
     }
 
     /// Plans (and unless `dry_run`, carries out) a purge by the configured
@@ -437,16 +422,13 @@ impl Backups {
         retention: &Retention,
         dry_run: bool,
     ) -> Result<PurgePlan, BackupError> {
-        let _guard = if dry_run {
-            None
-        } else {
-            Some(self.slot_backups.lock().await)
-        };
-        let manifests = self.slot_backups.catalog.manifests(self.slot()).await?;
-        let expired = retention.expired(&manifests, OffsetDateTime::now_utc());
-        let plan = self.purge_plan(&expired).await?;
+        let now = OffsetDateTime::now_utc();
+        let plan = self
+            .slot_backups
+            .purge(|manifests| retention.expired(manifests, now), dry_run)
+            .await?;
         if !dry_run {
-            execute_purge(&self.slot_backups.catalog, self.slot(), &plan).await?;
+            self.drop_cluster_indexes(&plan.backups).await?;
         }
         Ok(plan)
     }
@@ -454,14 +436,21 @@ impl Backups {
     /// Deletes one backup: this slot's manifest and the cluster index, then
     /// whatever only it named.
     pub async fn delete(&self, id: &BackupId) -> Result<PurgePlan, BackupError> {
-        let _guard = self.slot_backups.lock().await;
-        let plan = self.purge_plan(std::slice::from_ref(id)).await?;
-        execute_purge(&self.slot_backups.catalog, self.slot(), &plan).await?;
-        self.slot_backups
-            .catalog
-            .delete_cluster_index(&self.slot().cluster, id)
-            .await?;
+        let plan = self.slot_backups.purge(|_| vec![id.clone()], false).await?;
+        self.drop_cluster_indexes(std::slice::from_ref(id)).await?;
         Ok(plan)
+    }
+
+    /// A cluster backup one of whose nodes lost its manifest is no longer
+    /// whole: its index goes, so it is neither listed nor restored from.
+    async fn drop_cluster_indexes(&self, ids: &[BackupId]) -> Result<(), BackupError> {
+        for id in ids {
+            self.slot_backups
+                .catalog
+                .delete_cluster_index(&self.slot().cluster, id)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Checks every object a backup names (this slot's manifest, or every
@@ -469,11 +458,20 @@ impl Backups {
     pub async fn verify(&self, id: &BackupId, deep: bool) -> Result<VerifyReport, BackupError> {
         let catalog = &self.slot_backups.catalog;
         let mut files = Vec::new();
+        let mut missing = Vec::new();
         match catalog.cluster_index(&self.slot().cluster, id).await? {
             Some(index) => {
                 for node in &index.nodes {
-                    if let Some(m) = catalog.manifest(&node.slot, id).await? {
-                        files.extend(m.files);
+                    match catalog.manifest(&node.slot, id).await? {
+                        Some(m) => files.extend(m.files),
+                        // A node that finished wrote its manifest: a purge
+                        // or a delete on that node has taken it since.
+                        None if node.state == NodeBackupState::Done => missing.push(format!(
+                            "node {} ({}): its manifest is missing",
+                            node.slot.label(),
+                            node.address
+                        )),
+                        None => {}
                     }
                 }
             }
@@ -482,7 +480,10 @@ impl Backups {
                 None => return Err(BackupError::Invalid(format!("no backup {id}"))),
             },
         }
-        Ok(verify_files(catalog, &files, deep, self.config.backup.concurrency * 2).await)
+        let mut report =
+            verify_files(catalog, &files, deep, self.config.backup.concurrency * 2).await;
+        report.problems.extend(missing);
+        Ok(report)
     }
 
     /// Every backup of this slot and cluster: running, failed, stored.
@@ -632,6 +633,37 @@ impl Backups {
             .map_err(|e| cassandra_error("snapshot", e))
     }
 
+    /// Clears the snapshots of earlier backups that never cleared their own
+    /// (the sidecar was killed, or stopped with Cassandra): each holds hard
+    /// links to SSTables that compaction has since replaced, so disk space.
+    /// Also one under this backup's own tag, when a cluster backup's part
+    /// starts again after a restart (Cassandra refuses an existing tag).
+    /// Backups run one at a time on a node, so none of these is in use.
+    async fn clear_leftover_snapshots(&self) {
+        let data_dir = self.slot_backups.data_dir.clone();
+        let listed = tokio::task::spawn_blocking(move || {
+            snapshot_tags(&data_dir, anchises_backup::manifest::SNAPSHOT_TAG_PREFIX)
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|tags| tags.map_err(|e| e.to_string()));
+        let tags = match listed {
+            Ok(tags) => tags,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the snapshots of earlier backups");
+                return;
+            }
+        };
+        for tag in tags {
+            match self.clear_snapshot(&tag).await {
+                Ok(()) => tracing::info!(tag, "cleared the snapshot an earlier backup left"),
+                Err(e) => {
+                    tracing::warn!(tag, error = %e, "cannot clear the snapshot an earlier backup left")
+                }
+            }
+        }
+    }
+
     async fn clear_snapshot(&self, tag: &str) -> Result<(), BackupError> {
         self.node
             .jolokia
@@ -684,8 +716,15 @@ pub fn state_dir(config: &Config) -> PathBuf {
 pub enum StartError {
     #[error("{0}")]
     Invalid(String),
+    /// Another backup or restore runs (409).
     #[error("{0}")]
     Busy(String),
+    /// Cassandra does not answer yet (503: try again).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The backup store failed (502).
+    #[error("{0}")]
+    Store(String),
     #[error(transparent)]
     Conflict(Conflict),
 }

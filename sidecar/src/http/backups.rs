@@ -39,6 +39,8 @@ impl From<StartError> for ApiError {
         match e {
             StartError::Invalid(m) => ApiError::bad_request(m),
             StartError::Busy(m) => ApiError::new(StatusCode::CONFLICT, m),
+            StartError::Unavailable(m) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, m),
+            StartError::Store(m) => ApiError::new(StatusCode::BAD_GATEWAY, m),
             StartError::Conflict(c) => c.into(),
         }
     }
