@@ -71,6 +71,28 @@ pub struct Selection {
 }
 
 impl Selection {
+    /// Whether a backup of `keyspaces` (empty: all of them) holds everything
+    /// this selection may take: a backup of some keyspaces covers only a
+    /// selection of those keyspaces (or their tables), never the system
+    /// keyspaces nor "every keyspace".
+    pub fn covered_by(&self, keyspaces: &[String]) -> bool {
+        if keyspaces.is_empty() {
+            return true;
+        }
+        if self.include_system
+            || self.schema_tables
+            || (self.keyspaces.is_empty() && self.tables.is_empty())
+        {
+            return false;
+        }
+        let has = |ks: &str| keyspaces.iter().any(|k| k == ks);
+        self.keyspaces.iter().all(|k| has(k))
+            && self
+                .tables
+                .iter()
+                .all(|t| t.split_once('.').is_some_and(|(ks, _)| has(ks)))
+    }
+
     fn takes(&self, keyspace: &str, table: &str) -> bool {
         if is_system_keyspace(keyspace) {
             return self.include_system
@@ -147,15 +169,27 @@ pub async fn plan_slot(
     selection: &Selection,
 ) -> Result<SlotPlan, BackupError> {
     let manifests = catalog.manifests(source).await?;
+    // Without a backup named, the newest that holds all the selection takes
+    // (a later backup of other keyspaces only is no base for it).
+    let covering = manifests
+        .iter()
+        .rev()
+        .filter(|m| selection.covered_by(&m.keyspaces));
     let base: &NodeManifest = match point {
-        Point::Latest => manifests.last(),
+        Point::Latest => covering.clone().next(),
         Point::Backup(id) => manifests.iter().find(|m| &m.backup_id == id),
-        Point::At(t) => manifests.iter().rev().find(|m| m.finished_at <= *t),
+        Point::At(t) => covering.clone().find(|m| m.finished_at <= *t),
     }
     .ok_or_else(|| {
+        // Say so when backups of some keyspaces were passed over.
+        let of = if manifests.iter().all(|m| selection.covered_by(&m.keyspaces)) {
+            ""
+        } else {
+            " of every keyspace the restore takes"
+        };
         BackupError::Invalid(match point {
             Point::Latest => format!(
-                "slot {} of cluster {} has no backup",
+                "slot {} of cluster {} has no backup{of}",
                 source.label(),
                 source.cluster
             ),
@@ -165,13 +199,20 @@ pub async fn plan_slot(
                 source.cluster
             ),
             Point::At(t) => format!(
-                "slot {} of cluster {} has no backup finished at or before {}",
+                "slot {} of cluster {} has no backup{of} finished at or before {}",
                 source.label(),
                 source.cluster,
                 crate::manifest::rfc3339(*t)
             ),
         })
     })?;
+    if (selection.include_system || selection.schema_tables) && !base.keyspaces.is_empty() {
+        return Err(BackupError::Invalid(format!(
+            "backup {} holds only keyspace(s) {}: restoring a whole node needs a backup of every keyspace",
+            base.backup_id,
+            base.keyspaces.join(", ")
+        )));
+    }
     let mut chosen: Vec<FileEntry> = Vec::new();
     for f in &base.files {
         let table = check_entry(f)?;

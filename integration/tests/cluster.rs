@@ -384,14 +384,8 @@ async fn one_request_creates_a_three_node_cluster_with_the_computed_tokens() {
     assert_eq!(parts.len(), 3, "{shown}");
     assert!(parts.iter().all(|p| p["state"] == "done"), "{shown}");
     assert!(!request_file.exists(), "the request is removed");
-    assert_eq!(
-        files_under(
-            &control
-                .dir
-                .join(format!("backups/orders/restores/status/{adopted_id}"))
-        ),
-        Vec::<String>::new(),
-    );
+    // Nor do finished parts leave anything on the nodes' disks.
+    nothing_left_of(&control.dir, &adopted_id).await;
     assert_eq!(count_at(third, "shop.orders", Consistency::All).await, 50);
 
     // A cancel reaches parts that are already running: every node stops its
@@ -736,15 +730,7 @@ async fn wait_part(
 
 /// The files below `dir` (none if it does not exist).
 fn files_under(dir: &std::path::Path) -> Vec<String> {
-    let out = std::process::Command::new("find")
-        .arg(dir)
-        .args(["-type", "f"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
+    anchises_integration::find(dir, &["-type", "f"])
 }
 
 /// Waits (≤ 30 s each) until no status of cluster restore `id` of `orders`

@@ -348,6 +348,12 @@ fn resume_with_cli(node: &TestNode, id: &str) {
     assert_eq!(resumed["id"], id, "the restore continues: {resumed}");
     assert_eq!(resumed["job"]["state"], "succeeded", "{resumed}");
     assert_eq!(resumed["restore"]["state"], "done", "{resumed}");
+    let dir = node.dir.join(format!("anchises/restore/{id}"));
+    assert!(
+        !dir.exists(),
+        "a finished restore leaves nothing: {}",
+        dir.display()
+    );
 }
 
 /// The plan of a dry run of restore request `body` (which must not have
@@ -426,6 +432,19 @@ async fn a_cancelled_or_killed_restore_continues_where_it_stopped() {
         .request("DELETE", &format!("/v1/restores/{id}"), None)
         .await;
     assert_eq!(status, 409, "a running restore is not discarded: {body}");
+    // Other requests meanwhile, the same one included, get 409 and leave no
+    // restore state of their own.
+    for other in [request, r#"{"tables": ["bulk.u"]}"#] {
+        let (status, _, body) = node.request("POST", "/v1/restores", Some(other)).await;
+        assert_error(status, &body, 409, "running");
+    }
+    let restore_dirs: Vec<String> = std::fs::read_dir(node.dir.join("anchises/restore"))
+        .unwrap()
+        .flatten()
+        .map(|d| d.file_name().to_string_lossy().into_owned())
+        .filter(|name| !name.starts_with('.'))
+        .collect();
+    assert_eq!(restore_dirs, vec![id.clone()]);
     let r = cancel_restore(&node, &id).await;
     assert_eq!(r["imported_tables"], serde_json::json!([]), "{r}");
     let (status, _, body) = node
@@ -588,7 +607,7 @@ async fn a_cancelled_or_killed_restore_continues_where_it_stopped() {
     for table in &tables {
         before.push(scan(&session, table).await);
     }
-    backup(&node, r#"{"keyspaces": ["many"]}"#).await;
+    let many_backup = backup(&node, r#"{"keyspaces": ["many"]}"#).await;
     for table in &tables {
         exec(&session, &format!("TRUNCATE {table}")).await;
     }
@@ -629,7 +648,14 @@ async fn a_cancelled_or_killed_restore_continues_where_it_stopped() {
     assert!(TestNode::wait_gone(jvm, Duration::from_secs(30)));
     node.respawn(None).await;
     node.wait_normal().await;
+    // A newer backup (of the whole node, so also of the half-imported
+    // tables) does not change what the interrupted restore continues from,
+    // although its request names none.
+    let newer = backup(&node, "{}").await;
+    assert_ne!(newer, many_backup);
     resume_with_cli(&node, &id);
+    let (_, r) = node.get(&format!("/v1/restores/{id}")).await;
+    assert_eq!(r["plan"]["base_backup"], many_backup.as_str(), "{r}");
     let (ok, _, stderr) = node.cli(&["restore", "resume", &id]);
     assert!(!ok && stderr.contains("is done"), "{stderr}");
     let session = cql(node.address).await;
@@ -751,9 +777,12 @@ async fn back_up_then_write_more(node: &TestNode) -> Vec<String> {
 
 /// A full-node restore whose sidecar is killed (its Cassandra with it) while
 /// the restored node starts: the next sidecar lists the restore as
-/// interrupted, naming where the node's previous data is; DELETE refuses to
-/// remove that data; `restore resume` finishes the restore (NORMAL on the
-/// backup's data) and only then removes it.
+/// interrupted, naming where the node's previous data is; it does not start
+/// Cassandra on the data directory the restore left (not at its start, not
+/// when asked), and says why; DELETE refuses to remove the previous data;
+/// `restore resume` finishes the restore (NORMAL on the backup's data, the
+/// files it had laid out not downloaded again, nothing of the interrupted
+/// run's live directories kept) and only then removes it.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_restore_killed_while_starting_keeps_the_previous_data_until_resumed() {
     let mut node = start_node("rs-swap", 76).await;
@@ -780,12 +809,40 @@ async fn a_full_restore_killed_while_starting_keeps_the_previous_data_until_resu
         aside.join("data/kept").is_dir(),
         "the previous data is aside"
     );
+    // Stands for whatever a node started on the restore's layout would write.
+    let stray = node.data_dir().join("kept/left-by-the-interrupted-run");
+    std::fs::write(&stray, "not the backup's").unwrap();
 
     node.respawn(None).await;
     let (_, r) = node.get(&format!("/v1/restores/{id}")).await;
     assert_eq!(r["state"], "interrupted", "{r}");
     let error = r["error"].as_str().unwrap();
     assert!(error.contains(&aside.display().to_string()), "{error}");
+    // supervisor.auto_start is on, yet nothing starts Cassandra here.
+    let watched = Instant::now();
+    while watched.elapsed() < Duration::from_secs(5) {
+        let process = node.process().await;
+        assert_eq!(process["state"], "stopped", "{process}");
+        let jvm = node.cassandra_pid().filter(|pid| TestNode::is_alive(*pid));
+        assert_eq!(jvm, None, "a JVM runs on the half-restored data");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (status, _) = node.get("/v1/node").await;
+    assert_eq!(status, 503);
+    let log = std::fs::read_to_string(node.dir.join("sidecar.log")).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("not starting cassandra") && l.contains(&id)),
+        "the sidecar says why it does not start cassandra:\n{}",
+        node.log_tail()
+    );
+    for action in ["start", "restart"] {
+        let (status, _, body) = node
+            .request("POST", &format!("/v1/node/{action}"), None)
+            .await;
+        assert_error(status, &body, 409, &format!("anchises restore resume {id}"));
+        assert_error(status, &body, 409, &aside.display().to_string());
+    }
     let (status, _, body) = node
         .request("DELETE", &format!("/v1/restores/{id}"), None)
         .await;
@@ -795,13 +852,102 @@ async fn a_full_restore_killed_while_starting_keeps_the_previous_data_until_resu
         "the previous data is kept"
     );
 
-    node.wait_normal().await;
     resume_with_cli(&node, &id);
     assert!(!aside.exists(), "removed once the restored node is healthy");
+    assert!(
+        !stray.exists(),
+        "the backup is not laid out over what was live"
+    );
+    let (_, r) = node.get(&format!("/v1/restores/{id}")).await;
+    assert!(
+        r["progress"]["files_reused"].as_u64().unwrap() > 0,
+        "the files laid out before the kill are not downloaded again: {r}"
+    );
     let session = cql(node.address).await;
     let rows = scan(&session, "kept.t").await;
     assert_eq!(rows.len(), 10, "the backup's rows: {rows:?}");
     assert!(rows.iter().all(|r| r.contains("backed up")), "{rows:?}");
+}
+
+/// How many files are below `dir` (none if it does not exist).
+fn files_below(dir: &std::path::Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => files_below(&e.path()),
+            Ok(_) => 1,
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Polls restore `id` until it is no longer running (a rollback starts the
+/// previous node again: minutes); returns it.
+async fn wait_restore_ended(node: &TestNode, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let (_, r) = node.get(&format!("/v1/restores/{id}")).await;
+        if r["state"] != "running" {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "{r}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Waits until full-node restore `id` has ended, and checks it failed, saying
+/// `why` and that it rolled back, and that the previous node, rows written
+/// after the backup (`before`) included, serves again.
+async fn assert_rolled_back(node: &TestNode, id: &str, before: &[String], why: &[&str]) {
+    let r = wait_restore_ended(node, id).await;
+    assert_eq!(r["state"], "failed", "{r}");
+    let error = r["error"].as_str().unwrap();
+    for words in why
+        .iter()
+        .chain(&["rolled back to the previous data, which is running again"])
+    {
+        assert!(error.contains(words), "{error}");
+    }
+    let (_, status) = node.get("/v1/node").await;
+    assert_eq!(status["ready"], true, "{status}");
+    let session = cql(node.address).await;
+    assert_eq!(scan(&session, "kept.t").await, before);
+}
+
+/// A full-node restore cancelled while the restored node starts rolls back:
+/// the previous node (rows written after the backup included) runs again
+/// before the restore ends, which says so, and the backup's files are kept,
+/// so that `restore resume` does not download them again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_restore_cancelled_while_starting_rolls_back_and_keeps_the_backup() {
+    let node = start_node("rs-cancel", 77).await;
+    let before = back_up_then_write_more(&node).await;
+    let id = start_restore(&node, r#"{"mode": "full"}"#).await;
+    wait_restore(&node, &id, "starting", |r| r["phase"] == "start").await;
+    let (status, _, body) = node
+        .request("POST", &format!("/v1/restores/{id}/cancel"), None)
+        .await;
+    assert_eq!(status, 202, "{body}");
+    assert_rolled_back(&node, &id, &before, &["cancelled"]).await;
+    let dir = node.dir.join(format!("anchises/restore/{id}"));
+    assert!(
+        files_below(&dir.join("staging")) + files_below(&dir.join("returned")) > 0,
+        "the backup's files are kept in {}",
+        dir.display()
+    );
+
+    resume_with_cli(&node, &id);
+    let (_, r) = node.get(&format!("/v1/restores/{id}")).await;
+    assert!(
+        r["progress"]["files_reused"].as_u64().unwrap() > 0,
+        "the backup's files are not downloaded again: {r}"
+    );
+    let session = cql(node.address).await;
+    let rows = scan(&session, "kept.t").await;
+    assert_eq!(rows.len(), 10, "the backup's rows: {rows:?}");
 }
 
 /// A full-node restore whose node does not come back rolls back: here the
@@ -834,28 +980,13 @@ async fn a_full_restore_whose_node_does_not_start_rolls_back() {
     .await;
     assert_eq!(r["phase"], "rollback", "{r}");
     drop(held);
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let r = loop {
-        let (_, r) = node.get(&format!("/v1/restores/{id}")).await;
-        if r["state"] != "running" {
-            break r;
-        }
-        assert!(Instant::now() < deadline, "{r}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-    assert_eq!(r["state"], "failed", "{r}");
-    let error = r["error"].as_str().unwrap();
-    assert!(error.contains("did not come up healthy"), "{error}");
-    assert!(error.contains("cassandra exited while starting"), "{error}");
-    assert!(
-        error.contains("rolled back to the previous data, which is running again"),
-        "{error}"
-    );
-    // The previous data, rows written after the backup included, serves again.
-    let (_, status) = node.get("/v1/node").await;
-    assert_eq!(status["ready"], true, "{status}");
-    let session = cql(node.address).await;
-    assert_eq!(scan(&session, "kept.t").await, before);
+    assert_rolled_back(
+        &node,
+        &id,
+        &before,
+        &["did not come up healthy", "cassandra exited while starting"],
+    )
+    .await;
     let aside = node.dir.join(format!("anchises/restore/{id}/before"));
     assert!(
         std::fs::read_dir(&aside).map_or(true, |mut e| e.next().is_none()),

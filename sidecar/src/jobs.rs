@@ -57,6 +57,15 @@ struct Inner {
     exclusive: HashMap<String, Uuid>,
 }
 
+impl Inner {
+    fn conflict(&self, group: &str) -> Option<Conflict> {
+        self.exclusive.get(group).map(|running| Conflict {
+            group: group.to_string(),
+            running: Box::new(self.jobs[running].clone()),
+        })
+    }
+}
+
 #[derive(Clone)]
 pub struct Jobs {
     inner: Arc<Mutex<Inner>>,
@@ -90,11 +99,8 @@ impl Jobs {
         };
         {
             let mut inner = self.inner.lock().expect("jobs lock");
-            if let Some(running) = inner.exclusive.get(group) {
-                return Err(Conflict {
-                    group: group.to_string(),
-                    running: Box::new(inner.jobs[running].clone()),
-                });
+            if let Some(conflict) = inner.conflict(group) {
+                return Err(conflict);
             }
             inner.exclusive.insert(group.to_string(), job.id);
             inner.jobs.insert(job.id, job.clone());
@@ -139,6 +145,11 @@ impl Jobs {
             .instrument(span),
         );
         Ok(job)
+    }
+
+    /// The job of `group` that runs, as the conflict a start would meet.
+    pub fn conflict(&self, group: &str) -> Option<Conflict> {
+        self.inner.lock().expect("jobs lock").conflict(group)
     }
 
     /// Whether a job of `group` is running.

@@ -26,7 +26,7 @@ use crate::cassandra::cql::Cql;
 use crate::cassandra::jolokia::Jolokia;
 use crate::cassandra::supervisor::Supervisor;
 use crate::config::{Config, LogFormat};
-use crate::node::{ActionBody, Node, NodeAction};
+use crate::node::{ActionBody, Node, NodeAction, StartGate};
 
 pub fn init_tracing(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -54,13 +54,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let config = Arc::new(joined.as_ref().map_or(config, |j| j.config.clone()));
     // A node of a copied cluster starts from its source slot's backup: only a
-    // first node of the cluster on a fresh slot (a later one streams).
+    // first node of the cluster (a later one streams), on a fresh slot or on
+    // its own slot before its Cassandra ever started (Cassandra creates its
+    // `system` keyspace at the first start): a sidecar that died while
+    // laying the data out continues at its next start.
     if let Some(j) = &joined {
-        if let (Some(from), anchises_topology::ClaimOutcome::Fresh, Some(false)) = (
-            &j.restore_from,
-            &j.claim.outcome,
-            config.node.auto_bootstrap,
-        ) {
+        let never_started = !cassandra::files::NodeLayout::new(&config.node.data_dir)
+            .data
+            .join("system")
+            .exists();
+        let seeds = match j.claim.outcome {
+            anchises_topology::ClaimOutcome::Fresh => true,
+            anchises_topology::ClaimOutcome::Kept => never_started,
+            anchises_topology::ClaimOutcome::Takeover { .. } => false,
+        };
+        if let (Some(from), true, Some(false)) =
+            (&j.restore_from, seeds, config.node.auto_bootstrap)
+        {
             restore::seed_from_backup(&config, j.claim.claim.slot as u32, from)
                 .await
                 .with_context(|| {
@@ -89,6 +99,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config: config.clone(),
         supervisor,
         jolokia,
+        starts: StartGate::default(),
     });
     // Backups are filed under the registry slot in cluster mode.
     let backup_slot = anchises_backup::manifest::SlotRef {
@@ -158,13 +169,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     info!(api = %config.api.listen, address = %config.node.address, data_dir = %config.node.data_dir.display(), "anchises node sidecar started");
     if config.supervisor.auto_start {
-        let n = node.clone();
-        jobs.start("node", "node.start", move |cancel| async move {
-            n.run_action(NodeAction::Start, ActionBody::default(), cancel)
-                .await
-                .map_err(|e| e.to_string())
-        })
-        .expect("no job runs yet");
+        // An interrupted full-node restore left a partial layout live: a node
+        // started on it could come up NORMAL without the data it lacks.
+        if let Some(why) = node.start_refusal() {
+            warn!(reason = %why, "not starting cassandra (supervisor.auto_start)");
+        } else {
+            let n = node.clone();
+            jobs.start("node", "node.start", move |cancel| async move {
+                n.run_action(NodeAction::Start, ActionBody::default(), cancel)
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+            .expect("no job runs yet");
+        }
     }
     let server = tokio::spawn({
         let http_shutdown = http_shutdown.clone();

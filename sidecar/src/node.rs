@@ -1,9 +1,11 @@
 //! The local node as the API sees it: its status and ring read through Jolokia, and
 //! the actions on it (start, stop, restart, drain, flush) that jobs run. It combines
-//! the supervisor (is the JVM alive?) with Cassandra's own view (is it NORMAL?).
+//! the supervisor (is the JVM alive?) with Cassandra's own view (is it NORMAL?), and
+//! refuses to start Cassandra while a full-node restore owns the data directory
+//! ([`StartGate`]).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -36,6 +38,10 @@ pub enum NodeError {
     Cql(#[from] CqlError),
     #[error(transparent)]
     Supervisor(#[from] SupervisorError),
+    /// Cassandra must not be started now: a full-node restore owns the data
+    /// directory (see [`StartGate`]).
+    #[error("{0}")]
+    Refused(String),
     #[error("{0}")]
     Failed(String),
 }
@@ -119,6 +125,46 @@ pub struct Node {
     pub supervisor: Supervisor,
     pub jolokia: Jolokia,
     pub cql: Cql,
+    pub starts: StartGate,
+}
+
+/// Who may start Cassandra. A full-node restore owns the data directory from
+/// its stop of Cassandra to its end: meanwhile the directory holds no more
+/// than part of the backup's layout, and only the restore starts the node
+/// (once the layout is whole, or the previous data is back). A sidecar that
+/// dies meanwhile leaves the node's previous data aside on disk, which keeps
+/// the directory owned until `restore resume` finishes the restore.
+#[derive(Default)]
+pub struct StartGate {
+    /// The running full-node restore that owns the data directory.
+    owner: Mutex<Option<String>>,
+    /// Held by a start from its check of the owner to the JVM's spawn, and by
+    /// a restore taking ownership: a restore that owns the directory and then
+    /// stops Cassandra has stopped every JVM a start let through.
+    spawning: tokio::sync::Mutex<()>,
+}
+
+impl StartGate {
+    /// Owns the data directory for full-node restore `id` until the claim
+    /// is dropped.
+    pub async fn claim(&self, id: &str) -> StartClaim<'_> {
+        let _spawning = self.spawning.lock().await;
+        *self.owner.lock().expect("start gate lock") = Some(id.to_string());
+        StartClaim(self)
+    }
+
+    fn owner(&self) -> Option<String> {
+        self.owner.lock().expect("start gate lock").clone()
+    }
+}
+
+/// A full-node restore's ownership of the data directory (see [`StartGate`]).
+pub struct StartClaim<'a>(&'a StartGate);
+
+impl Drop for StartClaim<'_> {
+    fn drop(&mut self) {
+        *self.0.owner.lock().expect("start gate lock") = None;
+    }
 }
 
 impl Node {
@@ -282,9 +328,36 @@ impl Node {
         Ok(())
     }
 
+    /// Why nobody but a full-node restore may start Cassandra now, if so:
+    /// one runs past its stop of the node, or one that a stopped sidecar left
+    /// unfinished still holds the node's previous data (the data directory
+    /// then holds at most part of the backup's layout, or nothing).
+    pub fn start_refusal(&self) -> Option<String> {
+        if let Some(id) = self.starts.owner() {
+            return Some(format!(
+                "full-node restore {id} is replacing the node's data: it starts cassandra itself"
+            ));
+        }
+        let held = crate::restore::full::held_previous_data(&self.config)?;
+        Some(format!(
+            "cassandra is not started while full-node restore {} holds the node's previous data in {}: the data directory holds at most part of the restored node; `anchises restore resume {}` continues the restore and starts the node",
+            held.id,
+            held.path.display(),
+            held.id
+        ))
+    }
+
+    fn refuse_start(&self) -> Result<(), NodeError> {
+        self.start_refusal()
+            .map_or(Ok(()), |why| Err(NodeError::Refused(why)))
+    }
+
     /// Checks an action can start now, so that the API answers 409/503 at once
     /// instead of failing inside a job.
     pub fn precheck(&self, action: NodeAction) -> Result<(), NodeError> {
+        if matches!(action, NodeAction::Start | NodeAction::Restart) {
+            self.refuse_start()?;
+        }
         let state = self.supervisor.status().state;
         match action {
             NodeAction::Start if state == ProcessState::Running => {
@@ -309,17 +382,19 @@ impl Node {
         cancel: CancellationToken,
     ) -> Result<Value, NodeError> {
         match action {
-            NodeAction::Start => self.start_and_wait(cancel).await,
+            NodeAction::Start => self.start_unless_refused(cancel).await,
             NodeAction::Stop => {
                 self.supervisor.stop().await?;
                 Ok(json!({"stopped": true}))
             }
             NodeAction::Restart => {
+                // Refused before the stop: the node then stays as it is.
+                self.refuse_start()?;
                 match self.supervisor.stop().await {
                     Ok(()) | Err(SupervisorError::NotRunning) => {}
                     Err(e) => return Err(e.into()),
                 }
-                self.start_and_wait(cancel).await
+                self.start_unless_refused(cancel).await
             }
             NodeAction::Drain => {
                 self.require_running()?;
@@ -390,8 +465,26 @@ impl Node {
         Ok(self.cql.keyspaces().await?)
     }
 
-    async fn start_and_wait(&self, cancel: CancellationToken) -> Result<Value, NodeError> {
+    /// Starts Cassandra and waits for NORMAL, unless [`Node::start_refusal`]
+    /// says why not.
+    async fn start_unless_refused(&self, cancel: CancellationToken) -> Result<Value, NodeError> {
+        let pid = {
+            let _spawning = self.starts.spawning.lock().await;
+            self.refuse_start()?;
+            self.supervisor.start().await?
+        };
+        self.wait_started(pid, cancel).await
+    }
+
+    /// Starts Cassandra and waits for NORMAL whoever owns the data directory:
+    /// for the full-node restore that owns it, on the layout it made (or the
+    /// previous data it put back).
+    pub async fn start_for_restore(&self, cancel: CancellationToken) -> Result<Value, NodeError> {
         let pid = self.supervisor.start().await?;
+        self.wait_started(pid, cancel).await
+    }
+
+    async fn wait_started(&self, pid: u32, cancel: CancellationToken) -> Result<Value, NodeError> {
         self.cql.reset().await;
         self.wait_ready(self.config.cassandra.start_timeout, cancel)
             .await?;
@@ -637,6 +730,20 @@ mod tests {
         assert_eq!(e2.ownership, Some(0.34));
         assert_eq!(e2.host_id.as_deref(), Some("h2"));
         assert_eq!(ring.endpoints[0].load.as_deref(), Some("1 KiB"));
+    }
+
+    #[tokio::test]
+    async fn a_restore_owns_the_data_directory_once_a_start_under_way_has_spawned() {
+        let gate = StartGate::default();
+        let spawning = gate.spawning.lock().await;
+        let waited = tokio::time::timeout(Duration::from_millis(50), gate.claim("r1")).await;
+        assert!(waited.is_err(), "the claim waits for the start's spawn");
+        assert_eq!(gate.owner(), None);
+        drop(spawning);
+        let claim = gate.claim("r1").await;
+        assert_eq!(gate.owner().as_deref(), Some("r1"));
+        drop(claim);
+        assert_eq!(gate.owner(), None, "the restore's end frees it");
     }
 
     #[test]

@@ -57,6 +57,7 @@ backup_suite!(
     purge_keeps_what_retention_keeps_and_sweeps_the_rest,
     a_changed_file_under_a_known_name_gets_its_own_object,
     plans_pick_the_backup_asked_for_and_only_the_tables_asked_for,
+    a_backup_of_some_keyspaces_is_no_base_for_the_others,
     a_point_in_time_takes_incrementals_written_up_to_it,
     staging_verifies_every_file_and_resumes,
     a_manifest_entry_that_escapes_the_data_directory_is_refused,

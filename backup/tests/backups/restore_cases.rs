@@ -6,7 +6,7 @@ use anchises_backup::{BackupError, ObjectStore};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
-use crate::cases::{back_up, slot, Node, T1, T2};
+use crate::cases::{back_up, back_up_keyspaces, slot, Node, T1, T2};
 
 fn all() -> Selection {
     Selection::default()
@@ -65,6 +65,83 @@ pub async fn plans_pick_the_backup_asked_for_and_only_the_tables_asked_for(store
     assert!(
         err.to_string()
             .contains("has no backup 20200101T000000Z-000000"),
+        "{err}"
+    );
+}
+
+/// A later backup of one keyspace is the base only for restores of that
+/// keyspace: a restore of everything (or of the other keyspace, or of a
+/// whole node) starts from the newest backup of every keyspace.
+pub async fn a_backup_of_some_keyspaces_is_no_base_for_the_others(store: ObjectStore) {
+    let node = Node::new();
+    node.write_sstable(T1, 1, 100_000);
+    node.write_sstable(T2, 1, 50_000);
+    let backups = node.backups(&store);
+    // With only a backup of ks2, nothing covers a restore of everything.
+    back_up_keyspaces(&backups, &node, "ks2-first", &["ks2"])
+        .await
+        .unwrap();
+    let err = plan_slot(&backups.catalog, &slot(), &Point::Latest, &all())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("has no backup of every keyspace the restore takes"),
+        "{err}"
+    );
+    let (full, _) = back_up(&backups, &node, "full").await.unwrap();
+    node.write_sstable(T2, 2, 50_000);
+    let (partial, _) = back_up_keyspaces(&backups, &node, "ks2", &["ks2"])
+        .await
+        .unwrap();
+    assert_eq!(partial.keyspaces, vec!["ks2"]);
+    let base = |selection: Selection, point: Point| {
+        let backups = backups.clone();
+        async move {
+            plan_slot(&backups.catalog, &slot(), &point, &selection)
+                .await
+                .map(|p| (p.base, p.tables))
+        }
+    };
+    let ks = |k: &str| Selection {
+        keyspaces: vec![k.to_string()],
+        ..Selection::default()
+    };
+    let whole_node = Selection {
+        include_system: true,
+        ..Selection::default()
+    };
+    let now = Point::At(OffsetDateTime::now_utc());
+    for point in [Point::Latest, now.clone()] {
+        assert_eq!(
+            base(all(), point.clone()).await.unwrap(),
+            (
+                full.backup_id.clone(),
+                vec!["ks1.events".into(), "ks2.users".into()]
+            )
+        );
+        assert_eq!(
+            base(ks("ks1"), point.clone()).await.unwrap().0,
+            full.backup_id
+        );
+        assert_eq!(
+            base(whole_node.clone(), point.clone()).await.unwrap().0,
+            full.backup_id
+        );
+        assert_eq!(
+            base(ks("ks2"), point.clone()).await.unwrap(),
+            (partial.backup_id.clone(), vec!["ks2.users".into()])
+        );
+    }
+    // Named, it is what the restore gets, but never for a whole node.
+    let named = Point::Backup(partial.backup_id.clone());
+    assert_eq!(
+        base(all(), named.clone()).await.unwrap().0,
+        partial.backup_id
+    );
+    let err = base(whole_node, named).await.unwrap_err().to_string();
+    assert!(
+        err.contains("holds only keyspace(s) ks2") && err.contains("every keyspace"),
         "{err}"
     );
 }

@@ -288,7 +288,8 @@ impl ControlPlane {
                 .await
                 .map_err(store_error)?
             {
-                if index.complete {
+                // A copy starts from every keyspace, its schema included.
+                if index.complete && index.keyspaces.is_empty() {
                     candidates.push(index);
                 }
             }
@@ -303,7 +304,7 @@ impl ControlPlane {
         }
         .ok_or_else(|| {
             bad(format!(
-                "cluster {cluster:?} has no complete cluster backup matching {source:?}"
+                "cluster {cluster:?} has no complete cluster backup of every keyspace matching {source:?}"
             ))
         })?;
         let mut dcs: Vec<String> = Vec::new();

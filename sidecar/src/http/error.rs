@@ -70,6 +70,7 @@ impl From<NodeError> for ApiError {
             NodeError::Supervisor(
                 e @ (SupervisorError::AlreadyRunning | SupervisorError::NotRunning),
             ) => Self::new(StatusCode::CONFLICT, e.to_string()),
+            NodeError::Refused(m) => Self::new(StatusCode::CONFLICT, m),
             NodeError::Jolokia(
                 e @ (JolokiaError::Unreachable { .. } | JolokiaError::Timeout(_)),
             ) => Self::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use anchises_backup::files::ProgressView;
 use anchises_backup::manifest::{BackupId, SlotRef};
-use anchises_backup::restore::Point;
+use anchises_backup::restore::{Point, Selection};
 use anchises_backup::{BackupError, ObjectKey, ObjectStore, StoreError};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -255,11 +255,15 @@ impl Restores {
                 .source_cluster
                 .clone()
                 .unwrap_or_else(|| cluster.cluster().to_string());
-            let id = self.newest_complete(&source).await?.ok_or_else(|| {
-                StartError::Invalid(format!(
-                    "cluster {source} has no complete cluster backup; give backup_id or at"
-                ))
-            })?;
+            let selection = req.selection().map_err(StartError::Invalid)?;
+            let id = self
+                .newest_complete(&source, &selection)
+                .await?
+                .ok_or_else(|| {
+                    StartError::Invalid(format!(
+                        "cluster {source} has no complete cluster backup of every keyspace the restore takes; give backup_id or at"
+                    ))
+                })?;
             node_request.backup_id = Some(id.to_string());
         }
         debug_assert!(!matches!(node_request.point(), Ok(Point::Latest)));
@@ -282,6 +286,9 @@ impl Restores {
                 .map_err(|e| match e {
                     StartError::Invalid(m) => {
                         StartError::Invalid(format!("{} ({}): {m}", n.slot.label(), n.address))
+                    }
+                    StartError::Store(m) => {
+                        StartError::Store(format!("{} ({}): {m}", n.slot.label(), n.address))
                     }
                     other => other,
                 })?;
@@ -309,9 +316,15 @@ impl Restores {
         Ok(plan)
     }
 
-    async fn newest_complete(&self, cluster: &str) -> Result<Option<BackupId>, StartError> {
+    /// The newest complete cluster backup of `cluster` that holds what
+    /// `selection` takes.
+    async fn newest_complete(
+        &self,
+        cluster: &str,
+        selection: &Selection,
+    ) -> Result<Option<BackupId>, StartError> {
         let catalog = self.catalog();
-        let read = |e: BackupError| StartError::Invalid(format!("cannot read the backups: {e}"));
+        let read = |e: BackupError| StartError::Store(format!("cannot read the backups: {e}"));
         for id in catalog
             .cluster_backup_ids(cluster)
             .await
@@ -320,7 +333,7 @@ impl Restores {
             .rev()
         {
             if let Some(index) = catalog.cluster_index(cluster, id).await.map_err(read)? {
-                if index.complete {
+                if index.complete && selection.covered_by(&index.keyspaces) {
                     return Ok(Some(id.clone()));
                 }
             }
@@ -644,7 +657,7 @@ impl Restores {
                 }
                 // Cassandra not answering yet (a sidecar that just started):
                 // the next look tries again.
-                Err(StartError::Busy(why)) => {
+                Err(StartError::Unavailable(why)) => {
                     tracing::info!(restore = %id, %why, "cluster restore request waits for cassandra");
                     // A part this node had started says it is still alive.
                     if let Some(part) = reported.filter(|p| p.state == RestoreState::Running) {
@@ -745,26 +758,27 @@ impl Restores {
     /// its directory, then its status.
     async fn remove_part(&self, store: &ObjectStore, part: &PartKeys) {
         let id = &part.id;
-        let deadline = tokio::time::Instant::now() + PART_STOP_TIMEOUT;
-        let running = || {
-            self.show_scoped(id, Scope::Node)
-                .is_some_and(|v| v.state == RestoreState::Running)
-        };
-        while running() && tokio::time::Instant::now() < deadline {
+        let started = tokio::time::Instant::now();
+        let mut warn_at = started + PART_STOP_WARNING;
+        // An import stops only between tables, so this can take a while.
+        while self
+            .show_scoped(id, Scope::Node)
+            .is_some_and(|v| v.state == RestoreState::Running)
+        {
+            if tokio::time::Instant::now() >= warn_at {
+                tracing::warn!(restore = %id, waited_s = started.elapsed().as_secs(), "the cancelled part has not stopped yet; its staged files go once it has");
+                warn_at += PART_STOP_WARNING;
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        if running() {
-            tracing::warn!(restore = %id, "the part did not stop; its staged files stay");
-        } else {
-            match self.remove_part_files(id).await {
-                Discard::Done(staged) if staged.files > 0 => {
-                    tracing::info!(restore = %id, files = staged.files, bytes = staged.bytes, "removed the staged files of the ended part")
-                }
-                Discard::Failed(e) => {
-                    tracing::warn!(restore = %id, error = %e, "cannot remove the part's staged files")
-                }
-                _ => {}
+        match self.remove_part_files(id).await {
+            Discard::Done(staged) if staged.files > 0 => {
+                tracing::info!(restore = %id, files = staged.files, bytes = staged.bytes, "removed the staged files of the ended part")
             }
+            Discard::Failed(e) => {
+                tracing::warn!(restore = %id, error = %e, "cannot remove the part's staged files")
+            }
+            _ => {}
         }
         if let Err(e) = store.delete(&part.status).await {
             tracing::warn!(restore = %id, error = %e, "cannot remove the part's status");
@@ -821,8 +835,8 @@ struct PartKeys {
     requested_at: OffsetDateTime,
 }
 
-/// How long a cancelled part may take to stop before its files are left.
-const PART_STOP_TIMEOUT: Duration = Duration::from_secs(120);
+/// How often a cancelled part that has not stopped yet is logged.
+const PART_STOP_WARNING: Duration = Duration::from_secs(120);
 
 /// Status objects of `cluster`'s restores whose request is gone.
 async fn orphan_statuses(store: &ObjectStore, cluster: &str) -> Result<Vec<ObjectKey>, StoreError> {

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 
 use anchises_backup::catalog::Catalog;
 use anchises_backup::files::{Progress, ProgressView};
-use anchises_backup::manifest::SlotRef;
+use anchises_backup::manifest::{BackupId, SlotRef};
 use anchises_backup::restore::{is_system_keyspace, plan_slot, stage, Point, Selection, SlotPlan};
 use anchises_backup::BackupError;
 use serde::{Deserialize, Serialize};
@@ -33,6 +33,7 @@ use crate::cassandra::cql::SchemaElement;
 use crate::jobs::Job;
 
 pub mod cluster;
+pub(crate) mod full;
 
 /// `POST /v1/restores`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
@@ -252,6 +253,11 @@ struct SavedState {
     /// the cluster restore again gives it a new id.
     #[serde(default)]
     cluster_part: bool,
+    /// The backup the restore started from: a restore that continues goes
+    /// on from it (its staged files are that backup's), also when its
+    /// request names no backup and a newer one has been taken since.
+    #[serde(default)]
+    base: Option<BackupId>,
 }
 
 struct Run {
@@ -322,23 +328,43 @@ impl Restores {
             self.live_schema().await?
         };
         let own_tokens = self.own_tokens().await;
+        let continued = continues.and_then(|id| read_state(&self.root().join(id)));
+        let pinned;
+        let req = match continued.as_ref().and_then(|s| s.base.clone()) {
+            Some(base) if req.backup_id.is_none() && req.at.is_none() => {
+                pinned = CreateRestore {
+                    backup_id: Some(base.to_string()),
+                    ..req.clone()
+                };
+                &pinned
+            }
+            _ => req,
+        };
         let (plan, mut view) = self
             .plan_for(req, self.backups.slot(), own_tokens, &live)
             .await?;
         let staging = continues.map(|id| self.root().join(id).join("staging"));
+        let imported = continued.map(|s| s.imported).unwrap_or_default();
+        // What is still to download: neither staged already nor of a table
+        // already imported (Cassandra moved those files into the table).
         let to_stage: u64 = plan
             .files
             .iter()
             .filter(|f| {
-                !staging
-                    .as_ref()
-                    .is_some_and(|s| anchises_backup::restore::is_staged(s, f))
+                !imported.contains(&table_of(f))
+                    && !staging
+                        .as_ref()
+                        .is_some_and(|s| anchises_backup::restore::is_staged(s, f))
             })
             .map(|f| f.size)
             .sum();
         let min_free = self.backups.config.backup.restore_min_free.as_u64();
         if let Some(b) = space_blocker(&self.backups.config.node.data_dir, to_stage, min_free) {
             view.blockers.push(b);
+        }
+        if req.mode == RestoreMode::Full {
+            view.blockers
+                .extend(full::held_by_other(&self.backups.config, continues));
         }
         Ok((plan, view))
     }
@@ -360,12 +386,9 @@ impl Restores {
     }
 
     async fn live_schema(&self) -> Result<Vec<SchemaElement>, StartError> {
-        self.backups
-            .node
-            .cql
-            .describe_schema()
-            .await
-            .map_err(|e| StartError::Busy(format!("cannot read the live schema over CQL: {e}")))
+        self.backups.node.cql.describe_schema().await.map_err(|e| {
+            StartError::Unavailable(format!("cannot read the live schema over CQL: {e}"))
+        })
     }
 
     /// This node's tokens: from the running node, else (a stopped node, as in
@@ -422,7 +445,7 @@ impl Restores {
             .await
             .map_err(|e| match e {
                 BackupError::Invalid(m) | BackupError::Corrupt(m) => StartError::Invalid(m),
-                other => StartError::Invalid(format!("cannot read the backups: {other}")),
+                other => StartError::Store(format!("cannot read the backups: {other}")),
             })?;
         let mut blockers = Vec::new();
         if plan.files.is_empty() {
@@ -509,6 +532,12 @@ impl Restores {
         req: CreateRestore,
         id: Option<String>,
     ) -> Result<(String, Job), StartError> {
+        // Checked first (and again when the job starts): a request refused
+        // with 409 neither leaves a new restore's state behind nor rewrites
+        // that of the restore that runs.
+        if let Some(c) = self.backups.jobs.conflict(GROUP) {
+            return Err(StartError::Conflict(c));
+        }
         let cluster_part = id.is_some();
         let continues = id.or_else(|| self.unfinished(&req));
         let (plan, view) = self.plan_continuing(&req, continues.as_deref()).await?;
@@ -524,6 +553,7 @@ impl Restores {
         saved.request = req.clone();
         saved.started_at.get_or_insert_with(OffsetDateTime::now_utc);
         saved.cluster_part = cluster_part;
+        saved.base = Some(plan.base.clone());
         write_state(&dir, &saved)
             .map_err(|e| StartError::Invalid(format!("cannot write the restore state: {e}")))?;
         let shared = Arc::new(Mutex::new(Shared {
@@ -573,11 +603,13 @@ impl Restores {
         Ok((id, job))
     }
 
-    /// An unfinished restore (on disk) with the same request.
+    /// An unfinished restore (on disk) with the same request; never a
+    /// node's part of a cluster restore, which only that restore continues
+    /// (and removes once its request is gone).
     fn unfinished(&self, req: &CreateRestore) -> Option<String> {
         saved_states(&self.root())
             .into_iter()
-            .find(|(_, saved)| !saved.finished && saved.request == *req)
+            .find(|(_, saved)| !saved.finished && !saved.cluster_part && saved.request == *req)
             .map(|(id, _)| id)
     }
 
@@ -613,10 +645,7 @@ impl Restores {
     /// Removes the directory of this node's part of cluster restore `id`
     /// (which can no longer continue), keeping the part's record in memory.
     async fn remove_part_files(&self, id: &str) -> Discard {
-        match set_aside(&self.root(), id) {
-            Ok(dir) => remove_set_aside(dir).await,
-            Err(e) => Discard::Failed(e.to_string()),
-        }
+        remove_restore_dir(&self.root(), id).await
     }
 
     async fn run(
@@ -712,7 +741,7 @@ impl Restores {
         }
         saved.finished = true;
         save_state(dir, &saved)?;
-        let _ = std::fs::remove_dir_all(&staging);
+        remove_finished(dir).await;
         set_phase("done");
         Ok(json!({
             "base_backup": plan.base,
@@ -724,9 +753,12 @@ impl Restores {
     }
 
     /// Full-node restore: stage everything, stop Cassandra, move the current
-    /// data aside, lay out the backup, start, check; roll back if the node
-    /// does not come up. The old data is deleted only once the restored node
-    /// is NORMAL with the backup's tokens.
+    /// data aside, lay out the backup, start, check ([`full::replace`]); if
+    /// anything fails once Cassandra is stopped, put the previous data back
+    /// and start it again ([`full::roll_back`]). The old data is deleted only
+    /// once the restored node is NORMAL with the backup's tokens. From the
+    /// stop on, the restore owns the data directory: nobody else starts
+    /// Cassandra.
     async fn run_full(
         &self,
         dir: &Path,
@@ -737,126 +769,32 @@ impl Restores {
     ) -> Result<Value, BackupError> {
         let set_phase = |p: &str| shared.lock().expect("restore lock").phase = p.to_string();
         let staging = dir.join("staging");
+        let node = &self.backups.node;
+        let layout = crate::cassandra::files::NodeLayout::new(&self.backups.config.node.data_dir);
+        let swap = full::Swap::new(&layout, dir);
+        let id = dir.file_name().unwrap_or_default().to_string_lossy();
+        full::ensure_no_other_holds(&self.backups.config, &id)?;
         set_phase("stage");
+        full::take_back_interrupted(node, &swap, &plan.files);
+        swap.reclaim(&staging, &plan.files, cancel).await?;
         let downloaded = self.stage(&plan.files, &staging, progress, cancel).await?;
         if cancel.is_cancelled() {
             return Err(BackupError::Cancelled);
         }
-        let node = &self.backups.node;
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| BackupError::File { path, source }
-        };
+        let _owner = node.starts.claim(&id).await;
         set_phase("stop");
         match node.supervisor.stop().await {
             Ok(()) | Err(crate::cassandra::supervisor::SupervisorError::NotRunning) => {}
             Err(e) => return Err(BackupError::Invalid(format!("cannot stop cassandra: {e}"))),
         }
-        set_phase("swap");
-        let layout = crate::cassandra::files::NodeLayout::new(&self.backups.config.node.data_dir);
-        let aside = dir.join(PREVIOUS_DATA);
-        std::fs::create_dir_all(&aside).map_err(io(&aside))?;
-        let moved = [
-            &layout.data,
-            &layout.commitlog,
-            &layout.hints,
-            &layout.saved_caches,
-        ];
-        for d in moved {
-            let target = aside.join(d.file_name().expect("named dirs"));
-            if d.exists() && !target.exists() {
-                std::fs::rename(d, &target).map_err(io(d))?;
-            }
-        }
-        let laid_out = (|| -> Result<(), BackupError> {
-            for f in &plan.files {
-                let from = anchises_backup::restore::staged_path(&staging, f);
-                let to = layout
-                    .data
-                    .join(&f.keyspace)
-                    .join(&f.table_dir)
-                    .join(&f.name);
-                let parent = to.parent().expect("files have a directory");
-                std::fs::create_dir_all(parent).map_err(io(parent))?;
-                std::fs::rename(&from, &to).map_err(io(&from))?;
-            }
-            for d in moved {
-                std::fs::create_dir_all(d).map_err(io(d))?;
-            }
-            Ok(())
-        })();
-        let started = match laid_out {
-            Ok(()) => {
-                set_phase("start");
-                node.run_action(
-                    crate::node::NodeAction::Start,
-                    crate::node::ActionBody::default(),
-                    cancel.clone(),
-                )
-                .await
-                .map_err(|e| e.to_string())
-            }
-            Err(e) => Err(e.to_string()),
-        };
-        let checked = match started {
-            Ok(_) => {
-                set_phase("verify");
-                let tokens = node
-                    .jolokia
-                    .read("org.apache.cassandra.db:type=StorageService", "Tokens")
-                    .await
-                    .map_err(|e| e.to_string())
-                    .map(|v| {
-                        let mut t: Vec<String> = v
-                            .as_array()
-                            .map(|a| {
-                                a.iter()
-                                    .filter_map(|t| t.as_str().map(str::to_string))
-                                    .collect()
-                            })
-                            .unwrap_or_default();
-                        t.sort();
-                        t
-                    });
-                let mut expected = plan.tokens.clone();
-                expected.sort();
-                match tokens {
-                    Ok(t) if t == expected => Ok(()),
-                    Ok(t) => Err(format!(
-                        "the restored node has tokens {t:?}, the backup {expected:?}"
-                    )),
-                    Err(e) => Err(format!("cannot read the restored node's tokens: {e}")),
-                }
-            }
-            Err(e) => Err(e),
-        };
-        if let Err(why) = checked {
+        if let Err(failure) = full::replace(node, &swap, &plan, &staging, &set_phase, cancel).await
+        {
             set_phase("rollback");
-            let _ = node.supervisor.stop().await;
-            for d in moved {
-                let _ = std::fs::remove_dir_all(d);
-                let back = aside.join(d.file_name().expect("named dirs"));
-                if back.exists() {
-                    std::fs::rename(&back, d).map_err(io(&back))?;
-                }
-            }
-            let restarted = node
-                .run_action(
-                    crate::node::NodeAction::Start,
-                    crate::node::ActionBody::default(),
-                    cancel.clone(),
-                )
-                .await;
-            return Err(BackupError::Invalid(format!(
-                "the restored node did not come up healthy ({why}); rolled back to the previous data{}",
-                match restarted {
-                    Ok(_) => ", which is running again".to_string(),
-                    Err(e) => format!(", which did not start either: {e}"),
-                }
-            )));
+            let why = full::roll_back(node, &swap, &plan, &staging, failure, cancel).await;
+            return Err(BackupError::Invalid(why));
         }
-        let _ = std::fs::remove_dir_all(&aside);
-        let _ = std::fs::remove_dir_all(&staging);
+        // Finished first: a crash while the old data goes must not offer to
+        // restore the node once more.
         let saved = SavedState {
             imported: plan.tables.clone(),
             importing: None,
@@ -864,6 +802,7 @@ impl Restores {
             ..read_state(dir).unwrap_or_default()
         };
         save_state(dir, &saved)?;
+        remove_finished(dir).await;
         shared.lock().expect("restore lock").imported = plan.tables.clone();
         set_phase("done");
         Ok(json!({
@@ -1142,6 +1081,14 @@ fn interrupted(root: &Path) -> Vec<Run> {
             }
         }
     }
+    // A sidecar that stopped between saving a restore as finished and
+    // removing its directory left what is left of it (of a full-node
+    // restore, the previous data): nothing needs it any more.
+    for (id, _) in saved_states(root).into_iter().filter(|(_, s)| s.finished) {
+        if let Ok(Some(aside)) = set_aside(root, &id) {
+            let _ = std::fs::remove_dir_all(aside);
+        }
+    }
     saved_states(root)
         .into_iter()
         .filter(|(_, saved)| !saved.finished)
@@ -1242,6 +1189,28 @@ async fn remove_set_aside(dir: Option<PathBuf>) -> Discard {
         Ok(Ok(staged)) => Discard::Done(staged),
         Ok(Err(e)) => Discard::Failed(e.to_string()),
         Err(e) => Discard::Failed(e.to_string()),
+    }
+}
+
+/// Sets restore `id`'s directory under `root` aside, then removes it.
+async fn remove_restore_dir(root: &Path, id: &str) -> Discard {
+    match set_aside(root, id) {
+        Ok(aside) => remove_set_aside(aside).await,
+        Err(e) => Discard::Failed(e.to_string()),
+    }
+}
+
+/// Removes the directory of a restore that has finished (saved as such):
+/// what is left of its staging, the previous data of a full-node restore,
+/// its saved state. Set aside first, so a crash while removing it leaves
+/// nothing that looks like a restore (the next sidecar removes the rest).
+async fn remove_finished(dir: &Path) {
+    let (Some(root), Some(id)) = (dir.parent(), dir.file_name()) else {
+        return;
+    };
+    let id = id.to_string_lossy();
+    if let Discard::Failed(e) = remove_restore_dir(root, &id).await {
+        tracing::warn!(restore = %id, error = %e, "cannot remove the finished restore's directory");
     }
 }
 
@@ -1625,12 +1594,14 @@ mod tests {
             ..SavedState::default()
         };
         write_state(&root.join("r2"), &importing).unwrap();
-        // Finished: not listed, but still a restore that can be forgotten.
+        // Finished, but its directory was not removed yet (with the previous
+        // data of a full-node restore): removed at start, not listed.
         let finished = SavedState {
             finished: true,
             ..SavedState::default()
         };
         write_state(&root.join("r3"), &finished).unwrap();
+        write(&root.join("r3/before/data/ks/t-1/nb-1-big-Data.db"), 10);
         // Not restores: a cluster copy's seed, and a directory a stopped
         // sidecar was removing.
         write(&root.join("seed-orders-x/done"), 0);
@@ -1639,6 +1610,8 @@ mod tests {
         let mut runs = interrupted(root);
         runs.sort_by(|a, b| a.id.cmp(&b.id));
         assert!(!root.join(".discarded-r9").exists());
+        assert!(!root.join("r3").exists());
+        assert!(!root.join(".discarded-r3").exists());
         let ids: Vec<&str> = runs.iter().map(|r| r.id.as_str()).collect();
         assert_eq!(ids, ["r1", "r2"]);
         let r1 = &runs[0];
@@ -1673,12 +1646,7 @@ mod tests {
                 bytes: 3200
             })
         );
-        assert_eq!(std::fs::read_dir(root).unwrap().count(), 3);
-        let aside = set_aside(root, "r3").unwrap().unwrap();
-        assert_eq!(
-            remove_set_aside(Some(aside)).await,
-            Discard::Done(Staged::default())
-        );
+        assert_eq!(std::fs::read_dir(root).unwrap().count(), 2);
         // A full-node restore that moved the node's data aside keeps it.
         write_state(&root.join("r4"), &SavedState::default()).unwrap();
         assert_eq!(holds_previous_data(root, "r4"), None);

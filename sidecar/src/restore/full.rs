@@ -1,0 +1,654 @@
+//! The node side of a full-node restore, once every file is staged: move the
+//! node's directories aside, lay the backup out in their place, start and
+//! check the restored node, and put everything back when it does not come up
+//! (or anything before fails). Also what the node's start path asks: whether
+//! an unfinished full-node restore still holds the node's previous data, in
+//! which case nothing but that restore may start Cassandra.
+//!
+//! The previous directories stay under `<restore dir>/before` until the
+//! restored node is healthy, so a sidecar that dies at any point leaves
+//! either the previous node whole or a restore that `restore resume`
+//! finishes. Planning, staging and the restore's saved state are
+//! [`super`]'s.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use anchises_backup::manifest::FileEntry;
+use anchises_backup::restore::{is_staged, staged_path, SlotPlan};
+use anchises_backup::BackupError;
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use crate::cassandra::files::NodeLayout;
+use crate::cassandra::supervisor::{ProcessState, SupervisorError};
+use crate::config::Config;
+use crate::node::Node;
+
+/// Where a rollback puts the backup's files it takes back from the data
+/// directory (within the restore's directory): a node ran on them, so each
+/// is checked against its hash again before it counts as staged.
+const RETURNED: &str = "returned";
+
+/// An unfinished full-node restore that holds the node's previous data.
+#[derive(Debug, PartialEq)]
+pub struct HeldData {
+    pub id: String,
+    /// Its `before` directory.
+    pub path: PathBuf,
+}
+
+/// The unfinished full-node restore of this node that holds the node's
+/// previous data, if any: until it finishes, the data directory holds at
+/// most part of the backup's layout.
+pub fn held_previous_data(config: &Config) -> Option<HeldData> {
+    held_in(&crate::backup::state_dir(config).join("restore"))
+}
+
+/// [`held_previous_data`] of the restores under `root`. A restore saved as
+/// finished holds nothing any more (its restored node was healthy; only the
+/// removal of its directory was cut short); an unreadable state counts as
+/// unfinished.
+fn held_in(root: &Path) -> Option<HeldData> {
+    let entries = std::fs::read_dir(root).ok()?;
+    let mut ids: Vec<String> = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|id| super::is_restore_id(id))
+        .collect();
+    ids.sort();
+    ids.into_iter().find_map(|id| {
+        let finished = super::read_state(&root.join(&id)).is_some_and(|s| s.finished);
+        let path = super::holds_previous_data(root, &id).filter(|_| !finished)?;
+        Some(HeldData { id, path })
+    })
+}
+
+/// Refuses full-node restore `id` while another one holds the node's
+/// previous data: the live directories hold part of that one's layout, not
+/// data to move aside, and it alone can put the previous data back.
+pub(super) fn ensure_no_other_holds(config: &Config, id: &str) -> Result<(), BackupError> {
+    held_by_other(config, Some(id)).map_or(Ok(()), |why| Err(BackupError::Invalid(why)))
+}
+
+/// Why a full-node restore other than `id` (any, when `None`) cannot run
+/// now, if so: see [`ensure_no_other_holds`]. A plan's blocker.
+pub(super) fn held_by_other(config: &Config, id: Option<&str>) -> Option<String> {
+    let held = held_previous_data(config).filter(|held| Some(held.id.as_str()) != id)?;
+    Some(format!(
+        "full-node restore {} holds the node's previous data in {}: finish it first (anchises restore resume {})",
+        held.id,
+        held.path.display(),
+        held.id
+    ))
+}
+
+/// The node's directories a full-node restore replaces (data, commitlog,
+/// hints, saved caches), and where its restore keeps things meanwhile.
+pub(super) struct Swap {
+    data: PathBuf,
+    live: [PathBuf; 4],
+    /// `<restore dir>/before`: the previous directories.
+    aside: PathBuf,
+    /// `<restore dir>/returned`: see [`RETURNED`].
+    returned: PathBuf,
+    id: String,
+}
+
+impl Swap {
+    pub(super) fn new(layout: &NodeLayout, restore_dir: &Path) -> Self {
+        Swap {
+            data: layout.data.clone(),
+            live: [
+                layout.data.clone(),
+                layout.commitlog.clone(),
+                layout.hints.clone(),
+                layout.saved_caches.clone(),
+            ],
+            aside: restore_dir.join(super::PREVIOUS_DATA),
+            returned: restore_dir.join(RETURNED),
+            id: restore_dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        }
+    }
+
+    fn aside_of(&self, live: &Path) -> PathBuf {
+        self.aside.join(live.file_name().expect("named dirs"))
+    }
+
+    fn live_path(&self, f: &FileEntry) -> PathBuf {
+        self.data.join(&f.keyspace).join(&f.table_dir).join(&f.name)
+    }
+
+    /// Whether the previous data directory is aside: the live one then holds
+    /// this restore's layout (whole or in part) and whatever a node started
+    /// on it wrote, nothing of the previous node.
+    fn data_aside(&self) -> bool {
+        self.aside_of(&self.data).is_dir()
+    }
+
+    /// Moves each live directory aside. A directory that an interrupted run
+    /// already moved aside stays there, and its live namesake (part of this
+    /// restore's layout, and what a node started on it wrote) is removed:
+    /// the backup is never laid out over it. A missing one (a lost disk) is
+    /// recorded aside as an empty directory, so that the start path sees the
+    /// swap under way and a rollback removes what the layout put there.
+    pub(super) fn move_aside(&self) -> anyhow::Result<()> {
+        std::fs::create_dir_all(&self.aside)
+            .with_context(|| format!("cannot create {}", self.aside.display()))?;
+        for live in &self.live {
+            let aside = self.aside_of(live);
+            if aside.is_dir() {
+                remove_dir_if_exists(live).with_context(|| {
+                    format!(
+                        "cannot remove {}, left by an interrupted run",
+                        live.display()
+                    )
+                })?;
+            } else if live.exists() {
+                std::fs::rename(live, &aside).with_context(|| {
+                    format!(
+                        "cannot move {} aside to {}",
+                        live.display(),
+                        aside.display()
+                    )
+                })?;
+            } else {
+                std::fs::create_dir(&aside)
+                    .with_context(|| format!("cannot create {}", aside.display()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves the staged files into the data directory, and creates the other
+    /// directories empty.
+    pub(super) fn lay_out(&self, staging: &Path, files: &[FileEntry]) -> anyhow::Result<()> {
+        for f in files {
+            let from = staged_path(staging, f);
+            let to = self.live_path(f);
+            let parent = to.parent().expect("files have a directory");
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+            std::fs::rename(&from, &to).with_context(|| {
+                format!(
+                    "cannot move {} into place at {}",
+                    from.display(),
+                    to.display()
+                )
+            })?;
+        }
+        for live in &self.live {
+            std::fs::create_dir_all(live)
+                .with_context(|| format!("cannot create {}", live.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Takes the backup's files back from the data directory into
+    /// `returned`, for [`Swap::reclaim`]: only while the previous data
+    /// directory is aside (the live one is then this restore's). A file that
+    /// cannot be moved goes with the live directory (and is downloaded
+    /// again). Returns how many were taken back.
+    pub(super) fn take_back_layout(&self, files: &[FileEntry]) -> usize {
+        if !self.data_aside() {
+            return 0;
+        }
+        files
+            .iter()
+            .filter(|f| {
+                let (from, to) = (self.live_path(f), staged_path(&self.returned, f));
+                from.is_file()
+                    && std::fs::create_dir_all(to.parent().expect("files have a directory"))
+                        .and_then(|()| std::fs::rename(&from, &to))
+                        .is_ok()
+            })
+            .count()
+    }
+
+    /// Puts each directory that is aside back in place of its live namesake;
+    /// one not aside was never moved (the failure came first) and is left
+    /// alone. Goes on past a failure, so that as much as possible is back;
+    /// returns each failure.
+    pub(super) fn move_back(&self) -> Vec<String> {
+        let mut failed = Vec::new();
+        for live in &self.live {
+            let aside = self.aside_of(live);
+            if !aside.is_dir() {
+                continue;
+            }
+            let back = remove_dir_if_exists(live)
+                .with_context(|| format!("cannot remove {}", live.display()))
+                .and_then(|()| {
+                    std::fs::rename(&aside, live).with_context(|| {
+                        format!("cannot move {} back to {}", aside.display(), live.display())
+                    })
+                });
+            if let Err(e) = back {
+                failed.push(format!("{e:#}"));
+            }
+        }
+        failed
+    }
+
+    /// Checks the files in `returned` against their hash: those that match
+    /// are staged again (not downloaded again), the rest go (a node that ran
+    /// on them may have rewritten one). Stops at a cancel, leaving the rest
+    /// for the next run. Returns how many were staged again.
+    pub(super) async fn reclaim(
+        &self,
+        staging: &Path,
+        files: &[FileEntry],
+        cancel: &CancellationToken,
+    ) -> Result<usize, BackupError> {
+        if !self.returned.exists() {
+            return Ok(0);
+        }
+        let mut reclaimed = 0;
+        for f in files {
+            if cancel.is_cancelled() {
+                return Err(BackupError::Cancelled);
+            }
+            if is_staged(staging, f) || !is_staged(&self.returned, f) {
+                continue;
+            }
+            let from = staged_path(&self.returned, f);
+            let Ok((hash, _)) = anchises_backup::upload::hash_file(&from).await else {
+                continue;
+            };
+            if !hash.eq_ignore_ascii_case(&f.hash) {
+                continue;
+            }
+            let to = staged_path(staging, f);
+            std::fs::create_dir_all(to.parent().expect("files have a directory"))
+                .and_then(|()| std::fs::rename(&from, &to))
+                .map_err(|source| BackupError::File { path: to, source })?;
+            reclaimed += 1;
+        }
+        remove_dir_if_exists(&self.returned).map_err(|source| BackupError::File {
+            path: self.returned.clone(),
+            source,
+        })?;
+        Ok(reclaimed)
+    }
+}
+
+fn remove_dir_if_exists(dir: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+/// Why a full-node restore rolls back.
+pub(super) enum Failure {
+    /// Moving the node's directories aside or laying the backup out.
+    Swap(anyhow::Error),
+    /// The restored node did not start, or not with the backup's tokens.
+    Unhealthy(String),
+    Cancelled,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Swap(e) => write!(f, "cannot replace the node's data: {e:#}"),
+            Failure::Unhealthy(why) => {
+                write!(f, "the restored node did not come up healthy ({why})")
+            }
+            Failure::Cancelled => write!(f, "cancelled before the restored node was up"),
+        }
+    }
+}
+
+/// Before staging: the layout of an earlier run that the sidecar did not
+/// see to its end is taken back, to be checked and staged again rather than
+/// downloaded. Not while a node runs on it (started before starts were
+/// refused in this state): the swap then removes it once the node is
+/// stopped.
+pub(super) fn take_back_interrupted(node: &Node, swap: &Swap, files: &[FileEntry]) {
+    if matches!(
+        node.supervisor.status().state,
+        ProcessState::Stopped | ProcessState::Failed
+    ) {
+        let n = swap.take_back_layout(files);
+        if n > 0 {
+            tracing::info!(restore = %swap.id, files = n, "took back the interrupted run's layout");
+        }
+    }
+}
+
+/// With Cassandra stopped: moves the node's directories aside, lays the
+/// backup out, starts the restored node and checks it has the backup's
+/// tokens.
+pub(super) async fn replace(
+    node: &Node,
+    swap: &Swap,
+    plan: &SlotPlan,
+    staging: &Path,
+    set_phase: &(dyn Fn(&str) + Sync),
+    cancel: &CancellationToken,
+) -> Result<(), Failure> {
+    if cancel.is_cancelled() {
+        return Err(Failure::Cancelled);
+    }
+    set_phase("swap");
+    swap.move_aside().map_err(Failure::Swap)?;
+    swap.lay_out(staging, &plan.files).map_err(Failure::Swap)?;
+    set_phase("start");
+    if let Err(e) = node.start_for_restore(cancel.clone()).await {
+        return Err(if cancel.is_cancelled() {
+            Failure::Cancelled
+        } else {
+            Failure::Unhealthy(e.to_string())
+        });
+    }
+    set_phase("verify");
+    check_tokens(node, &plan.tokens)
+        .await
+        .map_err(Failure::Unhealthy)
+}
+
+async fn check_tokens(node: &Node, backup: &[String]) -> Result<(), String> {
+    let live = node
+        .jolokia
+        .read("org.apache.cassandra.db:type=StorageService", "Tokens")
+        .await
+        .map_err(|e| format!("cannot read the restored node's tokens: {e}"))?;
+    let mut live: Vec<String> = live
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|t| t.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut expected = backup.to_vec();
+    live.sort();
+    expected.sort();
+    if live == expected {
+        Ok(())
+    } else {
+        Err(format!(
+            "the restored node has tokens {live:?}, the backup {expected:?}"
+        ))
+    }
+}
+
+/// Stops the restored node (if it runs), takes the backup's files back (to
+/// be staged again), puts the previous directories back and starts the
+/// previous node again; unless a directory could not go back: it then stays
+/// aside, which keeps Cassandra from being started on the split data.
+/// Returns the restore's error, which says what failed and where the node
+/// is.
+pub(super) async fn roll_back(
+    node: &Node,
+    swap: &Swap,
+    plan: &SlotPlan,
+    staging: &Path,
+    failure: Failure,
+    cancel: &CancellationToken,
+) -> String {
+    // Once the supervisor has shut down (SIGTERM), its JVM is gone too.
+    match node.supervisor.stop().await {
+        Ok(()) | Err(SupervisorError::NotRunning | SupervisorError::Gone) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot stop the restored node"),
+    }
+    swap.take_back_layout(&plan.files);
+    let failed = swap.move_back();
+    if !failed.is_empty() {
+        return format!(
+            "{failure}; rolling back failed ({}): what is left of the node's previous data stays in {}, so cassandra is not started; `anchises restore resume {}` continues the restore",
+            failed.join("; "),
+            swap.aside.display(),
+            swap.id
+        );
+    }
+    // Not the restore's token: after a cancel it would cut the previous
+    // node's start short, and the error would call it down while it starts.
+    let restarted = node.start_for_restore(CancellationToken::new()).await;
+    if let Err(e) = swap.reclaim(staging, &plan.files, cancel).await {
+        tracing::warn!(restore = %swap.id, error = %e, "the backup's files taken back are checked at the next run");
+    }
+    format!(
+        "{failure}; rolled back to the previous data, {}; the backup stays staged",
+        match restarted {
+            Ok(_) => "which is running again".to_string(),
+            Err(e) => format!("which did not start either: {e}"),
+        }
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(path: &Path, text: &str) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    fn read(path: &Path) -> String {
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    /// The entry of staged file `name` (hashed as it is).
+    async fn entry(staging: &Path, name: &str) -> FileEntry {
+        let path = staging.join("kept/t-1").join(name);
+        let (hash, size) = anchises_backup::upload::hash_file(&path).await.unwrap();
+        FileEntry {
+            keyspace: "kept".into(),
+            table_dir: "t-1".into(),
+            name: name.into(),
+            size,
+            hash,
+            key: String::new(),
+            stored_size: size,
+            compression: anchises_backup::manifest::Compression::None,
+            modified_at: None,
+        }
+    }
+
+    /// A node directory with previous data, and a restore `r1` of it with
+    /// two staged files.
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        root: PathBuf,
+        restore: PathBuf,
+        staging: PathBuf,
+        files: Vec<FileEntry>,
+    }
+
+    impl Fixture {
+        async fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let root = dir.path().to_path_buf();
+            write(&root.join("data/kept/t-1/nb-1-big-Data.db"), "old data");
+            write(&root.join("commitlog/CommitLog-7-1.log"), "old log");
+            write(&root.join("hints/h.hints"), "old hint");
+            let restore = root.join("anchises/restore/r1");
+            let staging = restore.join("staging");
+            write(&staging.join("kept/t-1/nb-1-big-Data.db"), "backed-up data");
+            write(&staging.join("kept/t-1/nb-1-big-TOC.txt"), "backed-up toc");
+            let files = vec![
+                entry(&staging, "nb-1-big-Data.db").await,
+                entry(&staging, "nb-1-big-TOC.txt").await,
+            ];
+            Fixture {
+                _dir: dir,
+                root,
+                restore,
+                staging,
+                files,
+            }
+        }
+
+        fn swap(&self) -> Swap {
+            Swap::new(&NodeLayout::new(&self.root), &self.restore)
+        }
+
+        fn assert_previous_node_live(&self) {
+            assert_eq!(
+                read(&self.root.join("data/kept/t-1/nb-1-big-Data.db")),
+                "old data"
+            );
+            assert_eq!(
+                read(&self.root.join("commitlog/CommitLog-7-1.log")),
+                "old log"
+            );
+            assert_eq!(read(&self.root.join("hints/h.hints")), "old hint");
+            assert!(!self.root.join("data/kept/t-1/nb-1-big-TOC.txt").exists());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_swap_lays_the_backup_out_and_a_rollback_puts_everything_back() {
+        let fx = Fixture::new().await;
+        let swap = fx.swap();
+        swap.move_aside().unwrap();
+        // saved_caches did not exist: recorded aside as empty.
+        assert!(fx.restore.join("before/saved_caches").is_dir());
+        swap.lay_out(&fx.staging, &fx.files).unwrap();
+        let live = fx.root.join("data/kept/t-1/nb-1-big-Data.db");
+        assert_eq!(read(&live), "backed-up data");
+        assert!(fx
+            .root
+            .join("commitlog")
+            .read_dir()
+            .unwrap()
+            .next()
+            .is_none());
+        // What the restored node writes goes with the rollback.
+        write(&fx.root.join("commitlog/CommitLog-7-9.log"), "new log");
+
+        assert_eq!(swap.take_back_layout(&fx.files), 2);
+        assert_eq!(swap.move_back(), Vec::<String>::new());
+        fx.assert_previous_node_live();
+        assert!(!fx.root.join("commitlog/CommitLog-7-9.log").exists());
+        assert!(
+            fx.restore
+                .join("before")
+                .read_dir()
+                .unwrap()
+                .next()
+                .is_none(),
+            "nothing is left aside"
+        );
+        // The backup's files are checked and staged again; one the node
+        // changed goes (and is downloaded again).
+        write(
+            &fx.restore.join("returned/kept/t-1/nb-1-big-TOC.txt"),
+            "rewritten!!!!",
+        );
+        let cancel = CancellationToken::new();
+        assert_eq!(
+            swap.reclaim(&fx.staging, &fx.files, &cancel).await.unwrap(),
+            1
+        );
+        assert_eq!(
+            read(&fx.staging.join("kept/t-1/nb-1-big-Data.db")),
+            "backed-up data"
+        );
+        assert!(!fx.staging.join("kept/t-1/nb-1-big-TOC.txt").exists());
+        assert!(!fx.restore.join("returned").exists());
+    }
+
+    #[tokio::test]
+    async fn a_directory_that_cannot_be_moved_aside_rolls_back_what_was_moved() {
+        let fx = Fixture::new().await;
+        // The restore's directory inside the commitlog directory: moving a
+        // directory into itself fails (EINVAL), as moving a mount point does
+        // (EBUSY, EXDEV), and even for root.
+        let swap = Swap::new(
+            &NodeLayout::new(&fx.root),
+            &fx.root.join("commitlog/restore/r1"),
+        );
+        let e = format!("{:#}", swap.move_aside().unwrap_err());
+        assert!(e.contains("cannot move") && e.contains("commitlog"), "{e}");
+        assert!(!fx.root.join("data").exists(), "data was moved aside");
+        assert_eq!(swap.take_back_layout(&fx.files), 0);
+        assert_eq!(swap.move_back(), Vec::<String>::new());
+        fx.assert_previous_node_live();
+    }
+
+    #[tokio::test]
+    async fn a_layout_that_fails_midway_rolls_back_without_touching_the_previous_data() {
+        let fx = Fixture::new().await;
+        let swap = fx.swap();
+        swap.move_aside().unwrap();
+        std::fs::remove_file(fx.staging.join("kept/t-1/nb-1-big-TOC.txt")).unwrap();
+        let e = format!("{:#}", swap.lay_out(&fx.staging, &fx.files).unwrap_err());
+        assert!(e.contains("nb-1-big-TOC.txt"), "{e}");
+        assert_eq!(swap.take_back_layout(&fx.files), 1);
+        assert_eq!(swap.move_back(), Vec::<String>::new());
+        fx.assert_previous_node_live();
+        assert!(fx
+            .restore
+            .join("returned/kept/t-1/nb-1-big-Data.db")
+            .is_file());
+        // Taking back touches nothing of a live data directory that is not
+        // this restore's (it holds files of the same names).
+        assert_eq!(swap.take_back_layout(&fx.files), 0);
+        fx.assert_previous_node_live();
+    }
+
+    #[tokio::test]
+    async fn a_resumed_swap_clears_what_the_interrupted_run_left_live() {
+        let fx = Fixture::new().await;
+        let swap = fx.swap();
+        swap.move_aside().unwrap();
+        swap.lay_out(&fx.staging, &fx.files).unwrap();
+        // The sidecar died; a node (or the interrupted layout) left this.
+        write(
+            &fx.root.join("data/kept/t-1/nb-2-big-Data.db"),
+            "written since",
+        );
+        write(&fx.root.join("commitlog/CommitLog-7-9.log"), "new log");
+        assert_eq!(swap.take_back_layout(&fx.files), 2);
+        swap.move_aside().unwrap();
+        assert!(
+            !fx.root.join("data").exists() && !fx.root.join("commitlog").exists(),
+            "cleared, not merged with the backup"
+        );
+        assert_eq!(
+            read(&fx.restore.join("before/data/kept/t-1/nb-1-big-Data.db")),
+            "old data",
+            "the previous data stays aside"
+        );
+    }
+
+    #[test]
+    fn the_restore_holding_the_previous_data_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        assert_eq!(held_in(root), None);
+        let unfinished = super::super::SavedState::default();
+        super::super::write_state(&root.join("r1"), &unfinished).unwrap();
+        write(&root.join("r1/staging/kept/t-1/x"), "staged");
+        assert_eq!(held_in(root), None, "staged only");
+        std::fs::create_dir_all(root.join("r1/before/saved_caches")).unwrap();
+        assert_eq!(
+            held_in(root),
+            Some(HeldData {
+                id: "r1".into(),
+                path: root.join("r1/before")
+            }),
+            "even an empty directory aside: a lost disk's"
+        );
+        let finished = super::super::SavedState {
+            finished: true,
+            ..Default::default()
+        };
+        super::super::write_state(&root.join("r1"), &finished).unwrap();
+        assert_eq!(
+            held_in(root),
+            None,
+            "finished: only its removal was cut short"
+        );
+        // Not a restore's directory.
+        write(&root.join(".discarded-r2/before/data/x"), "going");
+        assert_eq!(held_in(root), None);
+    }
+}
