@@ -28,7 +28,7 @@ use crate::node::Node;
 /// Where a rollback puts the backup's files it takes back from the data
 /// directory (within the restore's directory): a node ran on them, so each
 /// is checked against its hash again before it counts as staged.
-const RETURNED: &str = "returned";
+pub(super) const RETURNED: &str = "returned";
 
 /// An unfinished full-node restore that holds the node's previous data.
 #[derive(Debug, PartialEq)]
@@ -206,6 +206,12 @@ impl Swap {
                         .is_ok()
             })
             .count()
+    }
+
+    /// Whether the live data directory holds nothing (or is missing): after a
+    /// rollback, the node had no previous data.
+    fn data_is_empty(&self) -> bool {
+        std::fs::read_dir(&self.data).map_or(true, |mut entries| entries.next().is_none())
     }
 
     /// Puts each directory that is aside back in place of its live namesake;
@@ -406,19 +412,30 @@ pub(super) async fn roll_back(
             swap.id
         );
     }
-    // Not the restore's token: after a cancel it would cut the previous
-    // node's start short, and the error would call it down while it starts.
-    let restarted = node.start_for_restore(CancellationToken::new()).await;
+    // A lost disk: started on nothing, the node would come up as a new one
+    // with this node's tokens. Otherwise not the restore's token: after a
+    // cancel it would cut the previous node's start short, and the error
+    // would call it down while it starts.
+    let restarted = if swap.data_is_empty() {
+        None
+    } else {
+        Some(node.start_for_restore(CancellationToken::new()).await)
+    };
     if let Err(e) = swap.reclaim(staging, &plan.files, cancel).await {
         tracing::warn!(restore = %swap.id, error = %e, "the backup's files taken back are checked at the next run");
     }
-    format!(
-        "{failure}; rolled back to the previous data, {}; the backup stays staged",
-        match restarted {
-            Ok(_) => "which is running again".to_string(),
-            Err(e) => format!("which did not start either: {e}"),
-        }
-    )
+    match restarted {
+        None => format!(
+            "{failure}; rolled back: the node had no previous data, so cassandra stays stopped; the backup stays staged"
+        ),
+        Some(restarted) => format!(
+            "{failure}; rolled back to the previous data, {}; the backup stays staged",
+            match restarted {
+                Ok(_) => "which is running again".to_string(),
+                Err(e) => format!("which did not start either: {e}"),
+            }
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -617,6 +634,32 @@ mod tests {
             "old data",
             "the previous data stays aside"
         );
+    }
+
+    #[tokio::test]
+    async fn a_rollback_after_a_lost_disk_leaves_no_previous_data_to_start() {
+        let fx = Fixture::new().await;
+        let swap = fx.swap();
+        // A node with its data: after a rollback there is something to start.
+        swap.move_aside().unwrap();
+        swap.lay_out(&fx.staging, &fx.files).unwrap();
+        assert!(!swap.data_is_empty(), "the backup is laid out");
+        swap.take_back_layout(&fx.files);
+        assert_eq!(swap.move_back(), Vec::<String>::new());
+        assert!(!swap.data_is_empty(), "the previous data is back");
+        // The same node with its disk lost: nothing comes back.
+        for dir in ["data", "commitlog", "hints"] {
+            std::fs::remove_dir_all(fx.root.join(dir)).unwrap();
+        }
+        swap.reclaim(&fx.staging, &fx.files, &CancellationToken::new())
+            .await
+            .unwrap();
+        swap.move_aside().unwrap();
+        swap.lay_out(&fx.staging, &fx.files).unwrap();
+        assert!(!swap.data_is_empty());
+        swap.take_back_layout(&fx.files);
+        assert_eq!(swap.move_back(), Vec::<String>::new());
+        assert!(swap.data_is_empty(), "nothing to start the node on");
     }
 
     #[test]

@@ -343,18 +343,23 @@ impl Restores {
         let (plan, mut view) = self
             .plan_for(req, self.backups.slot(), own_tokens, &live)
             .await?;
-        let staging = continues.map(|id| self.root().join(id).join("staging"));
+        // Where a continued restore keeps files: its staging, and what a
+        // full-node restore's rollback took back.
+        let kept: Vec<PathBuf> = continues
+            .map(|id| self.root().join(id))
+            .map(|dir| vec![dir.join("staging"), dir.join(full::RETURNED)])
+            .unwrap_or_default();
         let imported = continued.map(|s| s.imported).unwrap_or_default();
-        // What is still to download: neither staged already nor of a table
+        // What is still to download: neither kept already nor of a table
         // already imported (Cassandra moved those files into the table).
         let to_stage: u64 = plan
             .files
             .iter()
             .filter(|f| {
                 !imported.contains(&table_of(f))
-                    && !staging
-                        .as_ref()
-                        .is_some_and(|s| anchises_backup::restore::is_staged(s, f))
+                    && !kept
+                        .iter()
+                        .any(|d| anchises_backup::restore::is_staged(d, f))
             })
             .map(|f| f.size)
             .sum();
@@ -547,15 +552,29 @@ impl Restores {
                 view.blockers.join("; ")
             )));
         }
+        let continued = continues.is_some() && !cluster_part;
         let id = continues.unwrap_or_else(new_id);
         let dir = self.root().join(&id);
-        let mut saved = read_state(&dir).unwrap_or_default();
-        saved.request = req.clone();
-        saved.started_at.get_or_insert_with(OffsetDateTime::now_utc);
-        saved.cluster_part = cluster_part;
-        saved.base = Some(plan.base.clone());
-        write_state(&dir, &saved)
-            .map_err(|e| StartError::Invalid(format!("cannot write the restore state: {e}")))?;
+        let saved = {
+            // Under the lock a discard sets a directory aside with: a restore
+            // discarded while this request was planned is not brought back
+            // half (its imported tables forgotten).
+            let _runs = self.runs.lock().expect("runs lock");
+            let existing = read_state(&dir);
+            if continued && existing.is_none() {
+                return Err(StartError::Busy(format!(
+                    "restore {id} was deleted while this request was planned: make the request again"
+                )));
+            }
+            let mut saved = existing.unwrap_or_default();
+            saved.request = req.clone();
+            saved.started_at.get_or_insert_with(OffsetDateTime::now_utc);
+            saved.cluster_part = cluster_part;
+            saved.base = Some(plan.base.clone());
+            write_state(&dir, &saved)
+                .map_err(|e| StartError::Invalid(format!("cannot write the restore state: {e}")))?;
+            saved
+        };
         let shared = Arc::new(Mutex::new(Shared {
             phase: "stage".into(),
             plan: Some(view),
