@@ -898,12 +898,18 @@ async fn wait_restore_ended(node: &TestNode, id: &str) -> Value {
     }
 }
 
-/// Waits until full-node restore `id` has ended, and checks it failed, saying
-/// `why` and that it rolled back, and that the previous node, rows written
-/// after the backup (`before`) included, serves again.
-async fn assert_rolled_back(node: &TestNode, id: &str, before: &[String], why: &[&str]) {
+/// Waits until full-node restore `id` has ended in `state`, and checks it
+/// says `why` and that it rolled back, and that the previous node, rows
+/// written after the backup (`before`) included, serves again.
+async fn assert_rolled_back(
+    node: &TestNode,
+    id: &str,
+    state: &str,
+    before: &[String],
+    why: &[&str],
+) {
     let r = wait_restore_ended(node, id).await;
-    assert_eq!(r["state"], "failed", "{r}");
+    assert_eq!(r["state"], state, "{r}");
     let error = r["error"].as_str().unwrap();
     for words in why
         .iter()
@@ -931,7 +937,7 @@ async fn a_full_restore_cancelled_while_starting_rolls_back_and_keeps_the_backup
         .request("POST", &format!("/v1/restores/{id}/cancel"), None)
         .await;
     assert_eq!(status, 202, "{body}");
-    assert_rolled_back(&node, &id, &before, &["cancelled"]).await;
+    assert_rolled_back(&node, &id, "cancelled", &before, &["cancelled"]).await;
     let dir = node.dir.join(format!("anchises/restore/{id}"));
     assert!(
         files_below(&dir.join("staging")) + files_below(&dir.join("returned")) > 0,
@@ -983,6 +989,7 @@ async fn a_full_restore_whose_node_does_not_start_rolls_back() {
     assert_rolled_back(
         &node,
         &id,
+        "failed",
         &before,
         &["did not come up healthy", "cassandra exited while starting"],
     )

@@ -413,7 +413,7 @@ impl Restores {
                         }
                     };
                     job_shared.lock().expect("restore lock").phase = "done".into();
-                    finish(&job_shared, outcome)
+                    finish(&job_shared, outcome, false)
                 },
             )
             .map_err(StartError::Conflict)?;

@@ -603,7 +603,7 @@ impl Restores {
                             .await
                     }
                 };
-                finish(&job_shared, outcome)
+                finish(&job_shared, outcome, job_cancel.is_cancelled())
             })
             .map_err(StartError::Conflict)?;
         let mut runs = self.runs.lock().expect("runs lock");
@@ -939,8 +939,14 @@ fn forward_cancel(job: CancellationToken, restore: CancellationToken) {
     });
 }
 
-/// Records how a restore ended, and hands the outcome to its job.
-fn finish(shared: &Mutex<Shared>, outcome: Result<Value, BackupError>) -> Result<Value, String> {
+/// Records how a restore ended, and hands the outcome to its job. A restore
+/// that was `cancelled` ends so also when its cancel was answered by more
+/// than stopping (a full-node restore rolls back), its error saying what.
+fn finish(
+    shared: &Mutex<Shared>,
+    outcome: Result<Value, BackupError>,
+    cancelled: bool,
+) -> Result<Value, String> {
     let mut s = shared.lock().expect("restore lock");
     s.finished_at = Some(OffsetDateTime::now_utc());
     match &outcome {
@@ -948,6 +954,10 @@ fn finish(shared: &Mutex<Shared>, outcome: Result<Value, BackupError>) -> Result
         Err(BackupError::Cancelled) => {
             s.state = Some(RestoreState::Cancelled);
             s.error = Some("cancelled".into());
+        }
+        Err(e) if cancelled => {
+            s.state = Some(RestoreState::Cancelled);
+            s.error = Some(e.to_string());
         }
         Err(e) => {
             s.state = Some(RestoreState::Failed);
