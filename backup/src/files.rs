@@ -40,31 +40,38 @@ pub fn snapshot_files(data_dir: &Path, tag: &str) -> std::io::Result<Vec<SourceF
 /// The tags of the snapshots under `data_dir` that start with `prefix`
 /// (`<data>/<ks>/<table dir>/snapshots/<tag>`), sorted.
 pub fn snapshot_tags(data_dir: &Path, prefix: &str) -> std::io::Result<Vec<String>> {
+    if !data_dir.exists() {
+        return Ok(Vec::new());
+    }
     let mut tags = std::collections::BTreeSet::new();
-    let keyspaces = match std::fs::read_dir(data_dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
-    for keyspace in keyspaces {
+    for (_, table) in table_dirs(data_dir)? {
+        let Ok(snapshots) = std::fs::read_dir(table.join("snapshots")) else {
+            continue;
+        };
+        for snapshot in snapshots.flatten() {
+            let tag = snapshot.file_name().to_string_lossy().into_owned();
+            if tag.starts_with(prefix) {
+                tags.insert(tag);
+            }
+        }
+    }
+    Ok(tags.into_iter().collect())
+}
+
+/// Every table directory under `data_dir`, with its keyspace.
+fn table_dirs(data_dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
+    let mut out = Vec::new();
+    for keyspace in std::fs::read_dir(data_dir)? {
         let keyspace = keyspace?;
         if !keyspace.file_type()?.is_dir() {
             continue;
         }
         let ks = keyspace.file_name().to_string_lossy().into_owned();
         for table in layout::table_dirs(data_dir, &ks)? {
-            let Ok(snapshots) = std::fs::read_dir(table.path.join("snapshots")) else {
-                continue;
-            };
-            for snapshot in snapshots.flatten() {
-                let tag = snapshot.file_name().to_string_lossy().into_owned();
-                if tag.starts_with(prefix) {
-                    tags.insert(tag);
-                }
-            }
+            out.push((ks.clone(), table.path));
         }
     }
-    Ok(tags.into_iter().collect())
+    Ok(out)
 }
 
 /// The incremental backup links: `<data>/<ks>/<table dir>/backups/*`.
@@ -74,43 +81,35 @@ pub fn incremental_files(data_dir: &Path) -> std::io::Result<Vec<SourceFile>> {
 
 fn table_subdir_files(data_dir: &Path, subdir: &Path) -> std::io::Result<Vec<SourceFile>> {
     let mut out = Vec::new();
-    for keyspace in std::fs::read_dir(data_dir)? {
-        let keyspace = keyspace?;
-        if !keyspace.file_type()?.is_dir() {
-            continue;
-        }
-        let ks = keyspace.file_name().to_string_lossy().into_owned();
-        for table in layout::table_dirs(data_dir, &ks)? {
-            let dir = table.path.join(subdir);
-            let entries = match std::fs::read_dir(&dir) {
-                Ok(entries) => entries,
+    for (ks, table) in table_dirs(data_dir)? {
+        let dir = table.join(subdir);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        let table_dir = table
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let meta = match entry.metadata() {
+                Ok(meta) => meta,
+                // Gone between listing and stat (a removed link): skip.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e),
             };
-            let table_dir = table
-                .path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            for entry in entries {
-                let entry = entry?;
-                let name = entry.file_name().to_string_lossy().into_owned();
-                let meta = match entry.metadata() {
-                    Ok(meta) => meta,
-                    // Gone between listing and stat (a removed link): skip.
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(e),
-                };
-                if meta.is_file() && layout::is_sstable_component(&name) {
-                    out.push(SourceFile {
-                        keyspace: ks.clone(),
-                        table_dir: table_dir.clone(),
-                        name,
-                        path: entry.path(),
-                        size: meta.len(),
-                        modified_at: meta.modified().ok().map(time::OffsetDateTime::from),
-                    });
-                }
+            if meta.is_file() && layout::is_sstable_component(&name) {
+                out.push(SourceFile {
+                    keyspace: ks.clone(),
+                    table_dir: table_dir.clone(),
+                    name,
+                    path: entry.path(),
+                    size: meta.len(),
+                    modified_at: meta.modified().ok().map(time::OffsetDateTime::from),
+                });
             }
         }
     }

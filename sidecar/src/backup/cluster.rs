@@ -138,20 +138,25 @@ impl Reporter {
         loop {
             tokio::select! {
                 out = &mut work => return out,
-                _ = tokio::time::sleep(HEARTBEAT) => self.running().await,
+                _ = tokio::time::sleep(HEARTBEAT) => self.still_running().await,
             }
         }
     }
 
     /// Says the part is running (or waiting to run), as of now.
-    async fn running(&self) {
+    async fn running(&self) -> Result<(), BackupError> {
         let status = Status {
             state: NodeBackupState::Running,
             at: OffsetDateTime::now_utc(),
             error: None,
             totals: Totals::default(),
         };
-        if let Err(e) = put_json(&self.store, &self.key, &status).await {
+        put_json(&self.store, &self.key, &status).await
+    }
+
+    /// [`Reporter::running`], a failure logged (the next one tries again).
+    async fn still_running(&self) {
+        if let Err(e) = self.running().await {
             tracing::warn!(key = %self.key, error = %e, "cannot report the node backup as running");
         }
     }
@@ -445,19 +450,13 @@ impl ClusterBackups {
             // Not started yet, or started by a sidecar that died: (re)start it;
             // the journal makes a restarted one resume. "running" is written
             // first, so the job's own report always comes after it.
-            if status.is_none() {
-                let running = Status {
-                    state: NodeBackupState::Running,
-                    at: OffsetDateTime::now_utc(),
-                    error: None,
-                    totals: Totals::default(),
-                };
-                put_json(&self.store, &key, &running).await?;
-            }
             let reporter = Reporter {
                 store: self.store.clone(),
                 key: key.clone(),
             };
+            if status.is_none() {
+                reporter.running().await?;
+            }
             match backups.start_node_backup(
                 id.clone(),
                 request.keyspaces.clone(),
@@ -473,7 +472,7 @@ impl ClusterBackups {
                 Err(StartError::Conflict(c)) => {
                     tracing::info!(backup = %id, running = %c.running.id, "cluster backup request waits for a running backup");
                     // Waiting is not silence.
-                    reporter.running().await;
+                    reporter.still_running().await;
                 }
                 Err(e) => return Err(BackupError::Invalid(e.to_string())),
             }
