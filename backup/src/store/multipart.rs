@@ -68,7 +68,7 @@ where
         .await?;
     let result = upload_parts(s3, attempts, key, &upload_id, first, reader, part_size).await;
     let result = match result {
-        Ok((parts, size)) => complete(s3, attempts, key, &upload_id, parts)
+        Ok((parts, size)) => complete(s3, attempts, key, &upload_id, parts, size)
             .await
             .map(|()| size),
         Err(error) => Err(error),
@@ -184,20 +184,30 @@ async fn upload_part(
         .await
 }
 
+/// Completes the upload. An attempt after one whose answer was lost may find
+/// the upload gone (`NoSuchUpload`) because that one completed it: the
+/// object of `size` bytes made of as many parts is then taken as this
+/// upload's.
 async fn complete(
     s3: &S3Backend,
     attempts: &Attempts,
     key: &ObjectKey,
     upload_id: &str,
     parts: Vec<CompletedPart>,
+    size: u64,
 ) -> Result<(), StoreError> {
+    const OP: &str = "complete upload";
     let full_key = s3.full_key(key);
+    let part_count = parts.len();
     let upload = CompletedMultipartUpload::builder()
         .set_parts(Some(parts))
         .build();
+    let sent = std::sync::atomic::AtomicU32::new(0);
     attempts
-        .run("put", key.as_str(), || async {
-            s3.client
+        .run(OP, key.as_str(), || async {
+            let earlier = sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let answer = s3
+                .client
                 .complete_multipart_upload()
                 .bucket(&s3.bucket)
                 .key(&full_key)
@@ -205,10 +215,29 @@ async fn complete(
                 .multipart_upload(upload.clone())
                 .send()
                 .await
-                .map_err(|e| classify("put", key.as_str(), e))?;
-            Ok(())
+                .map_err(|e| classify(OP, key.as_str(), e));
+            match answer {
+                Ok(_) => Ok(()),
+                Err(StoreError::NotFound { .. }) if earlier > 0 => {
+                    match s3.head(key).await {
+                        Ok(meta) if is_this_upload(&meta, size, part_count) => Ok(()),
+                        _ => Err(StoreError::permanent(
+                            OP,
+                            key.as_str(),
+                            "the multipart upload is gone and no object of its size and parts took its place",
+                        )),
+                    }
+                }
+                Err(e) => Err(e),
+            }
         })
         .await
+}
+
+/// Whether `meta` is of an object of `size` bytes that a multipart upload
+/// of `parts` parts made (S3 gives those an ETag ending in `-<parts>`).
+fn is_this_upload(meta: &super::ObjectMeta, size: u64, parts: usize) -> bool {
+    meta.size == size && meta.etag.trim_matches('"').ends_with(&format!("-{parts}"))
 }
 
 /// Reads up to `part_size` bytes; fewer only at the end of the stream.
@@ -229,4 +258,39 @@ where
             )
         })?;
     Ok(Bytes::from(buffer))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_object_of_the_uploads_size_and_parts_is_taken_for_it() {
+        let meta = |size: u64, etag: &str| crate::store::ObjectMeta {
+            size,
+            etag: etag.into(),
+        };
+        assert!(is_this_upload(
+            &meta(11, "\"9b2cf535f27731c974343645a3985328-3\""),
+            11,
+            3
+        ));
+        assert!(is_this_upload(
+            &meta(11, "9b2cf535f27731c974343645a3985328-3"),
+            11,
+            3
+        ));
+        assert!(
+            !is_this_upload(&meta(12, "\"9b2c-3\""), 11, 3),
+            "another size"
+        );
+        assert!(
+            !is_this_upload(&meta(11, "\"9b2c-13\""), 11, 3),
+            "other parts"
+        );
+        assert!(
+            !is_this_upload(&meta(11, "\"9b2cf535f27731c974343645a3985328\""), 11, 3),
+            "a single put"
+        );
+    }
 }

@@ -126,6 +126,28 @@ async fn multipart_parts_are_retried_one_by_one_without_rereading_the_source() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completed_multipart_upload_whose_answer_was_lost_is_done() {
+    // S3 completed the upload, the answer was lost: the retry completes it
+    // again (moto) or finds it gone and the object it made (S3).
+    let faults = Arc::new(
+        Faults::fail_first(1)
+            .after_request()
+            .only("complete upload"),
+    );
+    let store = s3_with(&faults).await;
+    let value: Vec<u8> = (0..11 * 1024 * 1024)
+        .map(|i: u32| (i % 241) as u8)
+        .collect();
+    let mut reader = &value[..];
+    store
+        .put_reader(&key("completed"), &mut reader, None)
+        .await
+        .unwrap();
+    assert_eq!((faults.attempts(), faults.injected()), (2, 1));
+    assert!(store.get(&key("completed")).await.unwrap() == value);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_streamed_put_is_retried_with_a_fresh_stream() {
     // One attempt fails, before it is sent or after S3 took it (its answer
     // lost); the second stores the object from a new stream.
