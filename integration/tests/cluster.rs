@@ -203,11 +203,31 @@ async fn one_request_creates_a_three_node_cluster_with_the_computed_tokens() {
             .any(|t| t == "system.local"),
         "{dry}"
     );
+    let system_log = control
+        .dir
+        .join("clusters/orders")
+        .join(nodes[1]["node_id"].as_str().unwrap())
+        .join("node/logs/system.log");
+    let log_count = |needle: &str| {
+        std::fs::read_to_string(&system_log)
+            .unwrap_or_default()
+            .matches(needle)
+            .count()
+    };
+    let (drains, announced) = (log_count("DRAINED"), log_count("Announcing shutdown"));
     let (status, _, started) = send_raw(&http, &api, "POST", "/v1/restores", Some(&body)).await;
     assert_eq!(status, 202, "{started}");
     let restore_location = format!("/v1/jobs/{}", started["job"]["id"].as_str().unwrap());
     let job = poll_job(&http, &api, &restore_location, Duration::from_secs(400)).await;
     assert_eq!(job["state"], "succeeded", "{job}");
+    // Stopped without a drain, its peers told by gossip.
+    assert_eq!(log_count("DRAINED"), drains, "{}", system_log.display());
+    assert_eq!(
+        log_count("Announcing shutdown"),
+        announced + 1,
+        "{}",
+        system_log.display()
+    );
     let (_, _, status_after) = send_raw(&http, &api, "GET", "/v1/node", None).await;
     assert_eq!(status_after["ready"], true, "{status_after}");
     assert_eq!(status_after["host_id"], status_before["host_id"]);

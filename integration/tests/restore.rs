@@ -341,7 +341,7 @@ async fn cancel_restore(node: &TestNode, id: &str) -> Value {
 
 /// `anchises restore resume ID`: makes restore `id`'s request again, which
 /// continues it to success.
-fn resume_with_cli(node: &TestNode, id: &str) {
+fn resume_with_cli(node: &TestNode, id: &str) -> Value {
     let (ok, stdout, stderr) = node.cli(&["--json", "restore", "resume", id]);
     assert!(ok, "{stdout}{stderr}");
     let resumed: Value = serde_json::from_str(stdout.trim()).unwrap();
@@ -354,6 +354,7 @@ fn resume_with_cli(node: &TestNode, id: &str) {
         "a finished restore leaves nothing: {}",
         dir.display()
     );
+    resumed
 }
 
 /// The plan of a dry run of restore request `body` (which must not have
@@ -852,8 +853,20 @@ async fn a_full_restore_killed_while_starting_keeps_the_previous_data_until_resu
         "the previous data is kept"
     );
 
-    resume_with_cli(&node, &id);
+    let resumed = resume_with_cli(&node, &id);
     assert!(!aside.exists(), "removed once the restored node is healthy");
+    // How long each phase took, and how long the node was down.
+    let result = &resumed["job"]["result"];
+    let seconds = |phase: &str| result["phase_seconds"][phase].as_f64().unwrap_or(-1.0);
+    for phase in ["stage", "stop", "swap", "start", "verify"] {
+        assert!(seconds(phase) >= 0.0, "{phase}: {result}");
+    }
+    let down = result["down_seconds"].as_f64().unwrap();
+    assert!(
+        seconds("start") > 1.0
+            && (down - (seconds("stop") + seconds("swap") + seconds("start"))).abs() < 1e-3,
+        "{result}"
+    );
     assert!(
         !stray.exists(),
         "the backup is not laid out over what was live"

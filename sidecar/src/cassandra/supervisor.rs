@@ -1,5 +1,6 @@
 //! Supervision of the Cassandra JVM as a child process: start, stop (drain, SIGTERM,
-//! then SIGKILL after a timeout), restart with backoff when it dies unasked, bounded
+//! then SIGKILL after a timeout; or, for data about to be replaced, a kill),
+//! restart with backoff when it dies unasked, bounded
 //! per hour. One task owns the child; everyone else sends it commands and reads its
 //! state from a watch channel. It does not judge Cassandra's health beyond "alive".
 
@@ -76,7 +77,18 @@ pub enum SupervisorError {
 
 enum Cmd {
     Start(oneshot::Sender<Result<u32, SupervisorError>>),
-    Stop(oneshot::Sender<Result<(), SupervisorError>>),
+    Stop(StopHow, oneshot::Sender<Result<(), SupervisorError>>),
+}
+
+/// How a stop ends the JVM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopHow {
+    /// Drain (flush every table, stop gossip and clients), then SIGTERM.
+    Drain,
+    /// Tell the peers it goes (when it has any), then SIGKILL: for data
+    /// about to be replaced, which a drain would only flush first. What the
+    /// JVM had not flushed stays in the commitlog beside its data.
+    Discard,
 }
 
 /// A handle to the supervisor task.
@@ -138,9 +150,21 @@ impl Supervisor {
 
     /// Drains and stops the JVM; returns when it has exited.
     pub async fn stop(&self) -> Result<(), SupervisorError> {
+        self.stop_how(StopHow::Drain).await
+    }
+
+    /// Stops the JVM without a drain, for a node whose data is about to be
+    /// moved aside and replaced: its peers are told it goes (gossip's
+    /// shutdown announcement) and it is killed. Cassandra recovers from that
+    /// as from any crash, through its commitlog, should the data come back.
+    pub async fn stop_discarding(&self) -> Result<(), SupervisorError> {
+        self.stop_how(StopHow::Discard).await
+    }
+
+    async fn stop_how(&self, how: StopHow) -> Result<(), SupervisorError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Cmd::Stop(reply))
+            .send(Cmd::Stop(how, reply))
             .await
             .map_err(|_| SupervisorError::Gone)?;
         rx.await.map_err(|_| SupervisorError::Gone)?
@@ -170,11 +194,11 @@ impl Task {
                         let r = self.start(true).await;
                         let _ = reply.send(r);
                     }
-                    Some(Cmd::Stop(reply)) => {
+                    Some(Cmd::Stop(how, reply)) => {
                         let r = if self.child.is_none() && self.restart_at.is_none() {
                             Err(SupervisorError::NotRunning)
                         } else {
-                            self.stop().await;
+                            self.stop(how).await;
                             Ok(())
                         };
                         let _ = reply.send(r);
@@ -191,7 +215,7 @@ impl Task {
         }
         if self.child.is_some() {
             info!("shutting down: draining and stopping cassandra");
-            self.stop().await;
+            self.stop(StopHow::Drain).await;
         }
     }
 
@@ -321,7 +345,7 @@ impl Task {
 
     /// Drain through JMX so that nothing needs replaying, then SIGTERM (which runs
     /// Cassandra's own drain hook if ours failed), then SIGKILL after the timeout.
-    async fn stop(&mut self) {
+    async fn stop(&mut self, how: StopHow) {
         self.want_running = false;
         self.restart_at = None;
         let Some(mut child) = self.child.take() else {
@@ -334,18 +358,33 @@ impl Task {
         self.status
             .send_modify(|s| s.state = ProcessState::Stopping);
         let timeout = self.config.cassandra.stop_timeout;
-        let deadline = tokio::time::Instant::now() + timeout;
-        if let Err(e) = self
-            .jolokia
-            .exec(STORAGE_SERVICE, "drain()", vec![], timeout)
-            .await
-        {
-            warn!(error = %e, "drain before stop failed; stopping with SIGTERM");
-        }
+        let began = tokio::time::Instant::now();
+        let deadline = began + timeout;
+        let signal = match how {
+            StopHow::Discard if commitlog_written_at_once(&self.config.cassandra.yaml) => {
+                self.announce_shutdown(timeout).await;
+                Signal::SIGKILL
+            }
+            StopHow::Drain | StopHow::Discard => {
+                if how == StopHow::Discard {
+                    info!(
+                        "the commitlog holds writes back until its sync: draining before the stop"
+                    );
+                }
+                if let Err(e) = self
+                    .jolokia
+                    .exec(STORAGE_SERVICE, "drain()", vec![], timeout)
+                    .await
+                {
+                    warn!(error = %e, "drain before stop failed; stopping with SIGTERM");
+                }
+                Signal::SIGTERM
+            }
+        };
         if let Some(pid) = child.id() {
-            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+            let _ = kill(Pid::from_raw(pid as i32), signal);
         }
-        let how = match tokio::time::timeout_at(deadline, child.wait()).await {
+        let exit = match tokio::time::timeout_at(deadline, child.wait()).await {
             Ok(Ok(status)) => status.to_string(),
             Ok(Err(e)) => format!("wait failed: {e}"),
             Err(_) => {
@@ -354,15 +393,57 @@ impl Task {
                 "killed after the stop timeout".to_string()
             }
         };
-        info!(exit = %how, "cassandra stopped");
+        info!(exit = %exit, seconds = began.elapsed().as_secs_f64(), "cassandra stopped");
         self.status.send_modify(|s| {
             s.state = ProcessState::Stopped;
             s.pid = None;
             s.started_instant = None;
-            s.last_exit = Some(how);
+            s.last_exit = Some(exit);
             s.message = None;
         });
     }
+
+    /// Stops gossip when the node has live peers, which announces the
+    /// shutdown to them (Cassandra then waits `shutdown_announce_in_ms`, 2 s
+    /// by default, for the word to spread): they stop sending it requests
+    /// at once rather than after their failure detectors notice. A node
+    /// alone, or one that does not answer, is not waited for.
+    async fn announce_shutdown(&self, timeout: Duration) {
+        let live = match self.jolokia.read(STORAGE_SERVICE, "LiveNodes").await {
+            Ok(nodes) => nodes.as_array().map_or(0, Vec::len),
+            Err(e) => {
+                warn!(error = %e, "cannot read the live nodes; not announcing the shutdown");
+                return;
+            }
+        };
+        if live > 1 {
+            if let Err(e) = self
+                .jolokia
+                .exec(STORAGE_SERVICE, "stopGossiping()", vec![], timeout)
+                .await
+            {
+                warn!(error = %e, "cannot stop gossip before the kill");
+            }
+        }
+    }
+}
+
+/// Whether the commitlog, as configured, writes each mutation into its
+/// segment file (the page cache) when it is made, so that a killed JVM loses
+/// nothing acknowledged: not when it is compressed or encrypted, or written
+/// with direct I/O, which all buffer the writes until the next sync.
+fn commitlog_written_at_once(yaml: &toml::Table) -> bool {
+    let compressed = yaml.contains_key("commitlog_compression");
+    let encrypted = yaml
+        .get("transparent_data_encryption_options")
+        .and_then(|t| t.get("enabled"))
+        .and_then(toml::Value::as_bool)
+        .unwrap_or(false);
+    let buffered_access = yaml
+        .get("commitlog_disk_access_mode")
+        .and_then(toml::Value::as_str)
+        .is_some_and(|mode| !matches!(mode, "legacy" | "mmap"));
+    !compressed && !encrypted && !buffered_access
 }
 
 async fn wait_child(child: &mut Option<Child>) -> std::io::Result<std::process::ExitStatus> {
@@ -424,5 +505,34 @@ pub(crate) fn die_with_parent(cmd: &mut Command) {
             }
             Ok(())
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn yaml(text: &str) -> toml::Table {
+        text.parse().expect("toml")
+    }
+
+    #[test]
+    fn only_a_commitlog_that_buffers_nothing_allows_a_kill() {
+        assert!(commitlog_written_at_once(&yaml("")));
+        assert!(commitlog_written_at_once(&yaml(
+            "commitlog_disk_access_mode = \"legacy\"\n[transparent_data_encryption_options]\nenabled = false"
+        )));
+        assert!(!commitlog_written_at_once(&yaml(
+            "[[commitlog_compression]]\nclass_name = \"LZ4Compressor\""
+        )));
+        assert!(!commitlog_written_at_once(&yaml(
+            "[transparent_data_encryption_options]\nenabled = true"
+        )));
+        assert!(!commitlog_written_at_once(&yaml(
+            "commitlog_disk_access_mode = \"direct\""
+        )));
+        assert!(!commitlog_written_at_once(&yaml(
+            "commitlog_disk_access_mode = \"auto\""
+        )));
     }
 }

@@ -8,7 +8,10 @@
 //! The previous directories stay under `<restore dir>/before` until the
 //! restored node is healthy, so a sidecar that dies at any point leaves
 //! either the previous node whole or a restore that `restore resume`
-//! finishes. Planning, staging and the restore's saved state are
+//! finishes. A directory that cannot be renamed (a mount point, or one on
+//! another filesystem than the restore's) keeps its previous content in a
+//! directory inside it instead ([`INSIDE`]), and `before` holds a marker
+//! that says so. Planning, staging and the restore's saved state are
 //! [`super`]'s.
 
 use std::fmt;
@@ -29,6 +32,25 @@ use crate::node::Node;
 /// directory (within the restore's directory): a node ran on them, so each
 /// is checked against its hash again before it counts as staged.
 pub(super) const RETURNED: &str = "returned";
+
+/// Where the previous content of a live directory that cannot be renamed as
+/// a whole goes: a directory inside it, so on the same filesystem. Cassandra
+/// reads no such name: keyspaces, commitlog segments, hints and caches have
+/// names of their own that never start with a dot.
+pub(super) const INSIDE: &str = ".anchises-previous";
+
+/// The marker in `before` of a live directory whose previous content is
+/// whole in its [`INSIDE`] directory (named `<dir name>` + this); it holds
+/// the live directory's path.
+const INSIDE_MARKER: &str = ".inside";
+
+/// The marker of a live directory whose content is on its way into
+/// [`INSIDE`]: part of it may still be outside, and nothing was laid out.
+const MOVING_MARKER: &str = ".moving";
+
+/// The marker of a live directory whose previous content is on its way back
+/// out of [`INSIDE`] (what is left there is the rest of it).
+const RETURNING_MARKER: &str = ".returning";
 
 /// An unfinished full-node restore that holds the node's previous data.
 #[derive(Debug, PartialEq)]
@@ -93,6 +115,8 @@ pub(super) struct Swap {
     /// `<restore dir>/returned`: see [`RETURNED`].
     returned: PathBuf,
     id: String,
+    /// How a whole directory is renamed (a failure injected in tests).
+    rename_dir: fn(&Path, &Path) -> std::io::Result<()>,
 }
 
 impl Swap {
@@ -111,11 +135,27 @@ impl Swap {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default(),
+            rename_dir: |from, to| std::fs::rename(from, to),
         }
     }
 
     fn aside_of(&self, live: &Path) -> PathBuf {
         self.aside.join(live.file_name().expect("named dirs"))
+    }
+
+    /// The marker that `live`'s previous content is in its [`INSIDE`]
+    /// directory, or on its way in or out (`marker` [`INSIDE_MARKER`],
+    /// [`MOVING_MARKER`] or [`RETURNING_MARKER`]).
+    fn marker_of(&self, live: &Path, marker: &str) -> PathBuf {
+        let mut name = live.file_name().expect("named dirs").to_os_string();
+        name.push(marker);
+        self.aside.join(name)
+    }
+
+    /// Whether `live`'s previous content is aside, whole: the directory
+    /// itself, or its content inside it.
+    fn is_aside(&self, live: &Path) -> bool {
+        self.aside_of(live).is_dir() || self.marker_of(live, INSIDE_MARKER).is_file()
     }
 
     fn live_path(&self, f: &FileEntry) -> PathBuf {
@@ -126,7 +166,7 @@ impl Swap {
     /// this restore's layout (whole or in part) and whatever a node started
     /// on it wrote, nothing of the previous node.
     fn data_aside(&self) -> bool {
-        self.aside_of(&self.data).is_dir()
+        self.is_aside(&self.data)
     }
 
     /// Moves each live directory aside. A directory that an interrupted run
@@ -135,11 +175,20 @@ impl Swap {
     /// the backup is never laid out over it. A missing one (a lost disk) is
     /// recorded aside as an empty directory, so that the start path sees the
     /// swap under way and a rollback removes what the layout put there.
+    ///
+    /// A directory that cannot be renamed (a mount point, or on another
+    /// filesystem) has its content moved into its [`INSIDE`] directory
+    /// instead, then a marker written; a run interrupted before the marker
+    /// finishes that move (nothing was laid out yet), one interrupted while
+    /// putting the content back finishes that first.
     pub(super) fn move_aside(&self) -> anyhow::Result<()> {
         std::fs::create_dir_all(&self.aside)
             .with_context(|| format!("cannot create {}", self.aside.display()))?;
         for live in &self.live {
             let aside = self.aside_of(live);
+            if self.marker_of(live, RETURNING_MARKER).exists() {
+                self.return_inside(live)?;
+            }
             if aside.is_dir() {
                 remove_dir_if_exists(live).with_context(|| {
                     format!(
@@ -147,20 +196,96 @@ impl Swap {
                         live.display()
                     )
                 })?;
-            } else if live.exists() {
-                std::fs::rename(live, &aside).with_context(|| {
+            } else if self.marker_of(live, INSIDE_MARKER).is_file() {
+                clear_except_inside(live).with_context(|| {
                     format!(
-                        "cannot move {} aside to {}",
-                        live.display(),
-                        aside.display()
+                        "cannot clear {}, left by an interrupted run",
+                        live.display()
                     )
                 })?;
+            } else if self.marker_of(live, MOVING_MARKER).is_file() {
+                self.move_inside(live)?;
+            } else if live.exists() {
+                match (self.rename_dir)(live, &aside) {
+                    Ok(()) => {}
+                    Err(e) if cannot_rename_whole(&e) => {
+                        tracing::info!(dir = %live.display(), error = %e, "cannot move the directory itself aside; moving its content into {INSIDE} within it");
+                        self.move_inside(live)?;
+                    }
+                    Err(e) => {
+                        return Err(anyhow::Error::new(e).context(format!(
+                            "cannot move {} aside to {}",
+                            live.display(),
+                            aside.display()
+                        )))
+                    }
+                }
             } else {
                 std::fs::create_dir(&aside)
                     .with_context(|| format!("cannot create {}", aside.display()))?;
             }
         }
         Ok(())
+    }
+
+    /// Moves everything in `live` into its [`INSIDE`] directory, then marks
+    /// it aside. Marked moving meanwhile: the start path then sees the
+    /// previous data held, and a rollback puts back what went in.
+    fn move_inside(&self, live: &Path) -> anyhow::Result<()> {
+        let moving = self.marker_of(live, MOVING_MARKER);
+        if !moving.is_file() {
+            write_synced(&moving, live.to_string_lossy().as_bytes())?;
+        }
+        let inside = live.join(INSIDE);
+        std::fs::create_dir_all(&inside)
+            .with_context(|| format!("cannot create {}", inside.display()))?;
+        for entry in read_dir_except_inside(live)? {
+            let to = inside.join(entry.file_name().expect("listed entries have names"));
+            std::fs::rename(&entry, &to).with_context(|| {
+                format!("cannot move {} aside to {}", entry.display(), to.display())
+            })?;
+        }
+        std::fs::rename(&moving, self.marker_of(live, INSIDE_MARKER))
+            .with_context(|| format!("cannot mark {} aside", live.display()))
+    }
+
+    /// Puts `live`'s previous content back out of its [`INSIDE`] directory,
+    /// after removing what the restore put there; marks it returning first,
+    /// so that an interrupted return is finished, never taken for content
+    /// to move aside.
+    fn return_inside(&self, live: &Path) -> anyhow::Result<()> {
+        let (aside, moving, returning) = (
+            self.marker_of(live, INSIDE_MARKER),
+            self.marker_of(live, MOVING_MARKER),
+            self.marker_of(live, RETURNING_MARKER),
+        );
+        if aside.is_file() {
+            clear_except_inside(live)
+                .with_context(|| format!("cannot clear {}", live.display()))?;
+            std::fs::rename(&aside, &returning)
+                .with_context(|| format!("cannot mark {} returning", live.display()))?;
+        } else if moving.is_file() {
+            // Half moved in, nothing laid out: all of it is previous content.
+            std::fs::rename(&moving, &returning)
+                .with_context(|| format!("cannot mark {} returning", live.display()))?;
+        }
+        let inside = live.join(INSIDE);
+        if inside.is_dir() {
+            for entry in read_dir_except_inside(&inside)? {
+                let to = live.join(entry.file_name().expect("listed entries have names"));
+                std::fs::rename(&entry, &to).with_context(|| {
+                    format!("cannot move {} back to {}", entry.display(), to.display())
+                })?;
+            }
+            std::fs::remove_dir(&inside)
+                .with_context(|| format!("cannot remove {}", inside.display()))?;
+        }
+        match std::fs::remove_file(&returning) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(anyhow::Error::new(e).context(format!("cannot remove {}", returning.display())))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Moves the staged files into the data directory, and creates the other
@@ -172,7 +297,7 @@ impl Swap {
             let parent = to.parent().expect("files have a directory");
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("cannot create {}", parent.display()))?;
-            std::fs::rename(&from, &to).with_context(|| {
+            move_file(&from, &to).with_context(|| {
                 format!(
                     "cannot move {} into place at {}",
                     from.display(),
@@ -211,7 +336,7 @@ impl Swap {
     /// Whether the live data directory holds nothing (or is missing): after a
     /// rollback, the node had no previous data.
     fn data_is_empty(&self) -> bool {
-        std::fs::read_dir(&self.data).map_or(true, |mut entries| entries.next().is_none())
+        read_dir_except_inside(&self.data).map_or(true, |entries| entries.is_empty())
     }
 
     /// Puts each directory that is aside back in place of its live namesake;
@@ -222,6 +347,15 @@ impl Swap {
         let mut failed = Vec::new();
         for live in &self.live {
             let aside = self.aside_of(live);
+            if [INSIDE_MARKER, MOVING_MARKER, RETURNING_MARKER]
+                .iter()
+                .any(|m| self.marker_of(live, m).is_file())
+            {
+                if let Err(e) = self.return_inside(live) {
+                    failed.push(format!("{e:#}"));
+                }
+                continue;
+            }
             if !aside.is_dir() {
                 continue;
             }
@@ -279,6 +413,84 @@ impl Swap {
         })?;
         Ok(reclaimed)
     }
+}
+
+/// Removes the [`INSIDE`] directories that the markers in `before` (a
+/// restore's previous data) name: the previous content of directories that
+/// could not be moved aside whole goes with the restore's directory.
+pub(super) fn remove_inside(before: &Path) -> std::io::Result<()> {
+    let Ok(entries) = std::fs::read_dir(before) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if !name.to_string_lossy().ends_with(INSIDE_MARKER) {
+            continue;
+        }
+        let live = PathBuf::from(std::fs::read_to_string(entry.path())?);
+        remove_dir_if_exists(&live.join(INSIDE))?;
+        std::fs::remove_file(entry.path())?;
+    }
+    Ok(())
+}
+
+/// Whether a rename of a whole directory failed because of where it is:
+/// a mount point (busy), or its target on another filesystem.
+fn cannot_rename_whole(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ResourceBusy | std::io::ErrorKind::CrossesDevices
+    )
+}
+
+/// What is in `dir` but its [`INSIDE`] directory and a filesystem's
+/// `lost+found` (at the root of a mount, it belongs to the filesystem, not
+/// to any node's data).
+fn read_dir_except_inside(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let entries =
+        std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
+    let mut paths = Vec::new();
+    for entry in entries {
+        let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
+        if entry.file_name() != INSIDE && entry.file_name() != "lost+found" {
+            paths.push(entry.path());
+        }
+    }
+    Ok(paths)
+}
+
+/// Removes everything in `dir` but its [`INSIDE`] directory (and
+/// `lost+found`).
+fn clear_except_inside(dir: &Path) -> anyhow::Result<()> {
+    for path in read_dir_except_inside(dir)? {
+        let removed = if path.is_dir() && !path.is_symlink() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        removed.with_context(|| format!("cannot remove {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Renames `from` to `to`; across filesystems (a data directory on a mount
+/// of its own), copies it, syncs the copy, and removes `from`.
+fn move_file(from: &Path, to: &Path) -> std::io::Result<()> {
+    match std::fs::rename(from, to) {
+        Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => {
+            std::fs::copy(from, to)?;
+            std::fs::File::open(to)?.sync_all()?;
+            std::fs::remove_file(from)
+        }
+        other => other,
+    }
+}
+
+/// Writes `path` and syncs it.
+fn write_synced(path: &Path, content: &[u8]) -> anyhow::Result<()> {
+    std::fs::write(path, content)
+        .and_then(|()| std::fs::File::open(path)?.sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 fn remove_dir_if_exists(dir: &Path) -> std::io::Result<()> {
@@ -397,8 +609,9 @@ pub(super) async fn roll_back(
     failure: Failure,
     cancel: &CancellationToken,
 ) -> String {
-    // Once the supervisor has shut down (SIGTERM), its JVM is gone too.
-    match node.supervisor.stop().await {
+    // Once the supervisor has shut down (SIGTERM), its JVM is gone too. No
+    // drain: what the restored node wrote goes.
+    match node.supervisor.stop_discarding().await {
         Ok(()) | Err(SupervisorError::NotRunning | SupervisorError::Gone) => {}
         Err(e) => tracing::warn!(error = %e, "cannot stop the restored node"),
     }
@@ -570,6 +783,190 @@ mod tests {
         );
         assert!(!fx.staging.join("kept/t-1/nb-1-big-TOC.txt").exists());
         assert!(!fx.restore.join("returned").exists());
+    }
+
+    /// Renames as a mount point would: the data and commitlog directories
+    /// themselves cannot move (EBUSY); everything else can.
+    fn mounted_data_and_commitlog(from: &Path, to: &Path) -> std::io::Result<()> {
+        match from.file_name().and_then(|n| n.to_str()) {
+            Some("data" | "commitlog") => Err(std::io::ErrorKind::ResourceBusy.into()),
+            _ => std::fs::rename(from, to),
+        }
+    }
+
+    impl Fixture {
+        fn mounted_swap(&self) -> Swap {
+            Swap {
+                rename_dir: mounted_data_and_commitlog,
+                ..self.swap()
+            }
+        }
+
+        /// Nothing of the swap is left: no inside directory, no marker.
+        fn assert_no_trace(&self) {
+            for dir in ["data", "commitlog"] {
+                assert!(!self.root.join(dir).join(INSIDE).exists(), "{dir}");
+            }
+            let left: Vec<_> = std::fs::read_dir(self.restore.join("before"))
+                .map(|d| d.flatten().map(|e| e.file_name()).collect())
+                .unwrap_or_default();
+            assert!(left.is_empty(), "left aside: {left:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_mount_point_keeps_its_previous_content_inside_it() {
+        let fx = Fixture::new().await;
+        let swap = fx.mounted_swap();
+        swap.move_aside().unwrap();
+        let inside_log = fx
+            .root
+            .join("commitlog")
+            .join(INSIDE)
+            .join("CommitLog-7-1.log");
+        assert_eq!(read(&inside_log), "old log");
+        assert_eq!(
+            read(
+                &fx.root
+                    .join("data")
+                    .join(INSIDE)
+                    .join("kept/t-1/nb-1-big-Data.db")
+            ),
+            "old data"
+        );
+        assert!(fx.restore.join("before/commitlog.inside").is_file());
+        assert!(
+            fx.restore.join("before/hints").is_dir(),
+            "hints moved whole"
+        );
+        assert!(swap.data_aside());
+        assert_eq!(
+            held_in(&fx.root.join("anchises/restore")).map(|h| h.id),
+            Some("r1".into()),
+            "the start path sees the previous data held"
+        );
+        swap.lay_out(&fx.staging, &fx.files).unwrap();
+        assert_eq!(
+            read(&fx.root.join("data/kept/t-1/nb-1-big-Data.db")),
+            "backed-up data"
+        );
+        write(&fx.root.join("commitlog/CommitLog-7-9.log"), "new log");
+
+        // A rollback clears what the restore put there and puts it all back.
+        assert_eq!(swap.take_back_layout(&fx.files), 2);
+        assert_eq!(swap.move_back(), Vec::<String>::new());
+        fx.assert_previous_node_live();
+        assert!(!fx.root.join("commitlog/CommitLog-7-9.log").exists());
+        fx.assert_no_trace();
+    }
+
+    #[tokio::test]
+    async fn a_mount_points_lost_and_found_stays_where_it_is() {
+        let fx = Fixture::new().await;
+        write(&fx.root.join("data/lost+found/#12"), "fsck's");
+        let swap = fx.mounted_swap();
+        swap.move_aside().unwrap();
+        assert!(!fx
+            .root
+            .join("data")
+            .join(INSIDE)
+            .join("lost+found")
+            .exists());
+        swap.lay_out(&fx.staging, &fx.files).unwrap();
+        assert_eq!(swap.move_back(), Vec::<String>::new());
+        fx.assert_previous_node_live();
+        assert_eq!(read(&fx.root.join("data/lost+found/#12")), "fsck's");
+        // A new, empty filesystem mounted after a lost disk holds no data.
+        std::fs::remove_dir_all(fx.root.join("data/kept")).unwrap();
+        assert!(swap.data_is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_finished_swap_of_a_mount_point_removes_the_previous_content_with_the_restore() {
+        let fx = Fixture::new().await;
+        let swap = fx.mounted_swap();
+        swap.move_aside().unwrap();
+        swap.lay_out(&fx.staging, &fx.files).unwrap();
+        remove_inside(&fx.restore.join("before")).unwrap();
+        for dir in ["data", "commitlog"] {
+            assert!(!fx.root.join(dir).join(INSIDE).exists(), "{dir}");
+            assert!(!fx.restore.join(format!("before/{dir}.inside")).exists());
+        }
+        // The directories moved whole go with the restore's directory.
+        assert!(fx.restore.join("before/hints").is_dir());
+        assert_eq!(
+            read(&fx.root.join("data/kept/t-1/nb-1-big-Data.db")),
+            "backed-up data"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_move_into_a_mount_point_cut_short_is_finished_or_undone() {
+        for resume in [true, false] {
+            let fx = Fixture::new().await;
+            write(&fx.root.join("commitlog/CommitLog-7-2.log"), "old log 2");
+            let swap = fx.mounted_swap();
+            // The sidecar died while moving the commitlog's content inside.
+            std::fs::create_dir_all(fx.restore.join("before")).unwrap();
+            write_synced(
+                &swap.marker_of(&fx.root.join("commitlog"), MOVING_MARKER),
+                b"-",
+            )
+            .unwrap();
+            let inside = fx.root.join("commitlog").join(INSIDE);
+            std::fs::create_dir_all(&inside).unwrap();
+            std::fs::rename(
+                fx.root.join("commitlog/CommitLog-7-1.log"),
+                inside.join("CommitLog-7-1.log"),
+            )
+            .unwrap();
+            assert!(held_in(&fx.root.join("anchises/restore")).is_some());
+            if resume {
+                swap.move_aside().unwrap();
+                assert_eq!(read(&inside.join("CommitLog-7-2.log")), "old log 2");
+                assert_eq!(read(&inside.join("CommitLog-7-1.log")), "old log");
+                assert!(fx.restore.join("before/commitlog.inside").is_file());
+                assert!(!fx.restore.join("before/commitlog.moving").exists());
+            }
+            assert_eq!(swap.move_back(), Vec::<String>::new());
+            fx.assert_previous_node_live();
+            assert_eq!(
+                read(&fx.root.join("commitlog/CommitLog-7-2.log")),
+                "old log 2"
+            );
+            fx.assert_no_trace();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_return_out_of_a_mount_point_cut_short_is_finished_before_anything_else() {
+        let fx = Fixture::new().await;
+        let swap = fx.mounted_swap();
+        swap.move_aside().unwrap();
+        swap.lay_out(&fx.staging, &fx.files).unwrap();
+        // The sidecar died while putting the data back: the layout cleared,
+        // part of the previous content out again.
+        let data = fx.root.join("data");
+        clear_except_inside(&data).unwrap();
+        std::fs::rename(
+            swap.marker_of(&data, INSIDE_MARKER),
+            swap.marker_of(&data, RETURNING_MARKER),
+        )
+        .unwrap();
+        write(&data.join(INSIDE).join("other/t-2/x"), "old other");
+        std::fs::rename(data.join(INSIDE).join("kept"), data.join("kept")).unwrap();
+        // A resume finishes the return, then moves it all aside again.
+        swap.move_aside().unwrap();
+        assert_eq!(
+            read(&data.join(INSIDE).join("kept/t-1/nb-1-big-Data.db")),
+            "old data"
+        );
+        assert_eq!(read(&data.join(INSIDE).join("other/t-2/x")), "old other");
+        assert!(swap.marker_of(&data, INSIDE_MARKER).is_file());
+        assert!(!swap.marker_of(&data, RETURNING_MARKER).exists());
+        assert_eq!(swap.move_back(), Vec::<String>::new());
+        fx.assert_previous_node_live();
+        fx.assert_no_trace();
     }
 
     #[tokio::test]

@@ -675,7 +675,8 @@ impl Restores {
         progress: &Progress,
         cancel: &CancellationToken,
     ) -> Result<Value, BackupError> {
-        let set_phase = |p: &str| shared.lock().expect("restore lock").phase = p.to_string();
+        let clock = PhaseClock::default();
+        let set_phase = clock.setter(shared);
         let staging = dir.join("staging");
         let mut saved = read_state(dir).unwrap_or_default();
         // Tables already imported are not staged again (their files were
@@ -768,6 +769,7 @@ impl Restores {
             "downloaded": downloaded,
             "bytes": plan.bytes,
             "tables": plan.tables,
+            "phase_seconds": clock.seconds().0,
         }))
     }
 
@@ -786,7 +788,8 @@ impl Restores {
         progress: &Progress,
         cancel: &CancellationToken,
     ) -> Result<Value, BackupError> {
-        let set_phase = |p: &str| shared.lock().expect("restore lock").phase = p.to_string();
+        let clock = PhaseClock::default();
+        let set_phase = clock.setter(shared);
         let staging = dir.join("staging");
         let node = &self.backups.node;
         let layout = crate::cassandra::files::NodeLayout::new(&self.backups.config.node.data_dir);
@@ -802,7 +805,9 @@ impl Restores {
         }
         let _owner = node.starts.claim(&id).await;
         set_phase("stop");
-        match node.supervisor.stop().await {
+        // No drain: the data is moved aside as it is, and a rollback's node
+        // replays the commitlog that goes aside with it.
+        match node.supervisor.stop_discarding().await {
             Ok(()) | Err(crate::cassandra::supervisor::SupervisorError::NotRunning) => {}
             Err(e) => return Err(BackupError::Invalid(format!("cannot stop cassandra: {e}"))),
         }
@@ -824,6 +829,7 @@ impl Restores {
         remove_finished(dir).await;
         shared.lock().expect("restore lock").imported = plan.tables.clone();
         set_phase("done");
+        let (phase_seconds, down_seconds) = clock.seconds();
         Ok(json!({
             "mode": "full",
             "base_backup": plan.base,
@@ -831,6 +837,8 @@ impl Restores {
             "downloaded": downloaded,
             "bytes": plan.bytes,
             "tables": plan.tables,
+            "phase_seconds": phase_seconds,
+            "down_seconds": down_seconds,
         }))
     }
 
@@ -1106,7 +1114,7 @@ fn interrupted(root: &Path) -> Vec<Run> {
     if let Ok(entries) = std::fs::read_dir(root) {
         for entry in entries.flatten() {
             if entry.file_name().to_string_lossy().starts_with(DISCARDED) {
-                let _ = std::fs::remove_dir_all(entry.path());
+                let _ = remove_discarded(&entry.path());
             }
         }
     }
@@ -1115,7 +1123,7 @@ fn interrupted(root: &Path) -> Vec<Run> {
     // restore, the previous data): nothing needs it any more.
     for (id, _) in saved_states(root).into_iter().filter(|(_, s)| s.finished) {
         if let Ok(Some(aside)) = set_aside(root, &id) {
-            let _ = std::fs::remove_dir_all(aside);
+            let _ = remove_discarded(&aside);
         }
     }
     saved_states(root)
@@ -1197,10 +1205,17 @@ fn set_aside(root: &Path, id: &str) -> std::io::Result<Option<PathBuf>> {
     }
     let aside = root.join(format!("{DISCARDED}{id}"));
     if aside.exists() {
-        std::fs::remove_dir_all(&aside)?;
+        remove_discarded(&aside)?;
     }
     std::fs::rename(&dir, &aside)?;
     Ok(Some(aside))
+}
+
+/// Removes a restore directory set aside, with the previous data it holds
+/// (that of directories that could not be moved aside whole included).
+fn remove_discarded(dir: &Path) -> std::io::Result<()> {
+    full::remove_inside(&dir.join(PREVIOUS_DATA))?;
+    std::fs::remove_dir_all(dir)
 }
 
 /// Removes a directory from [`set_aside`] (if there was one) and says what
@@ -1211,7 +1226,7 @@ async fn remove_set_aside(dir: Option<PathBuf>) -> Discard {
     };
     let removed = tokio::task::spawn_blocking(move || {
         let staged = staged(&dir.join("staging"));
-        std::fs::remove_dir_all(&dir).map(|()| staged)
+        remove_discarded(&dir).map(|()| staged)
     })
     .await;
     match removed {
@@ -1433,6 +1448,46 @@ pub async fn seed_from_backup(
     Ok(())
 }
 
+/// When each phase of a restore began, for its result's `phase_seconds`.
+#[derive(Default)]
+struct PhaseClock(Mutex<Vec<(String, std::time::Instant)>>);
+
+impl PhaseClock {
+    /// What sets a restore's phase: in its shared state, and on this clock.
+    fn setter<'a>(&'a self, shared: &'a Mutex<Shared>) -> impl Fn(&str) + Sync + 'a {
+        move |phase: &str| {
+            self.0
+                .lock()
+                .expect("phase clock")
+                .push((phase.to_string(), std::time::Instant::now()));
+            shared.lock().expect("restore lock").phase = phase.to_string();
+        }
+    }
+
+    /// See [`phase_seconds`].
+    fn seconds(&self) -> (Value, Option<f64>) {
+        phase_seconds(&self.0.lock().expect("phase clock"))
+    }
+}
+
+/// How long each phase of a restore took (the phases in the order they ran,
+/// each until the next began), and for a full-node restore how long
+/// Cassandra was down: from the stop until the restored node was up
+/// ("verify" began).
+fn phase_seconds(phases: &[(String, std::time::Instant)]) -> (Value, Option<f64>) {
+    let mut seconds = serde_json::Map::new();
+    for pair in phases.windows(2) {
+        let took = pair[1].1.duration_since(pair[0].1).as_secs_f64();
+        let entry = seconds.entry(pair[0].0.clone()).or_insert(json!(0.0));
+        *entry = json!(entry.as_f64().unwrap_or(0.0) + took);
+    }
+    let at = |name: &str| phases.iter().find(|(p, _)| p == name).map(|(_, t)| *t);
+    let down = at("stop")
+        .zip(at("verify"))
+        .map(|(stop, up)| up.duration_since(stop).as_secs_f64());
+    (Value::Object(seconds), down)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1444,6 +1499,31 @@ mod tests {
             name: name.into(),
             create_statement: stmt.into(),
         }
+    }
+
+    #[test]
+    fn phase_seconds_time_each_phase_and_the_downtime() {
+        let t0 = std::time::Instant::now();
+        let at = |ms: u64, p: &str| (p.to_string(), t0 + std::time::Duration::from_millis(ms));
+        let phases = [
+            at(0, "stage"),
+            at(3000, "stop"),
+            at(3500, "swap"),
+            at(3600, "start"),
+            at(9600, "verify"),
+            at(9700, "done"),
+        ];
+        let (seconds, down) = phase_seconds(&phases);
+        let close = |v: &Value, want: f64| (v.as_f64().expect("seconds") - want).abs() < 1e-9;
+        assert!(close(&seconds["stage"], 3.0), "{seconds}");
+        assert!(close(&seconds["stop"], 0.5), "{seconds}");
+        assert!(close(&seconds["swap"], 0.1), "{seconds}");
+        assert!(close(&seconds["start"], 6.0), "{seconds}");
+        assert!(close(&seconds["verify"], 0.1), "{seconds}");
+        assert!(seconds.get("done").is_none(), "{seconds}");
+        assert!((down.expect("down") - 6.6).abs() < 1e-9);
+        // A restore that never stopped the node had no downtime.
+        assert_eq!(phase_seconds(&phases[..1]).1, None);
     }
 
     const BACKUP: &str = "CREATE KEYSPACE shop WITH replication = {'class': 'SimpleStrategy', 'replication_factor': '1'}  AND durable_writes = true;\n\nCREATE TYPE shop.address (\n    street text\n);\n\nCREATE TABLE shop.orders (\n    id int PRIMARY KEY,\n    ship address\n) WITH comment = '';\n\nCREATE TABLE shop.items (\n    id int PRIMARY KEY\n);";
@@ -1714,8 +1794,9 @@ mod tests {
             too_big.contains(&dir.path().display().to_string()),
             "{too_big}"
         );
-        // The room to keep counts as well.
-        let reserved = space_blocker(dir.path(), 1 << 10, free).unwrap();
+        // The room to keep counts as well (by a margin that other writers
+        // on the disk cannot change meanwhile).
+        let reserved = space_blocker(dir.path(), 1 << 10, free + (1 << 30)).unwrap();
         assert!(reserved.contains("backup.restore_min_free"), "{reserved}");
     }
 }
