@@ -28,17 +28,20 @@ use crate::store::{ObjectStore, RetryPolicy, S3Config, S3Credentials, MIN_PART_S
 /// Python on a cold cache).
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Serves moto's app like `moto_server` does, but on a single thread.
-/// `moto_server` hard-codes a threaded werkzeug server, and moto 5.2.5 checks
-/// `If-Match` / `If-None-Match` and then writes without a lock
-/// (`moto/s3/responses.py`, `put_object`), so two racing conditional writes can
-/// both win there — never on S3. Serialising requests restores S3's atomicity.
+/// Serves moto's app like `moto_server` does, but on a single thread unless
+/// the second argument is `threaded`. `moto_server` hard-codes a threaded
+/// werkzeug server, and moto 5.2.5 checks `If-Match` / `If-None-Match` and
+/// then writes without a lock (`moto/s3/responses.py`, `put_object`), so two
+/// racing conditional writes can both win there — never on S3. Serialising
+/// requests restores S3's atomicity; [`MotoServer::start_threaded`] is
+/// `moto_server` as shipped, for benchmarks that make no racing conditional
+/// writes.
 const SERVE: &str = r#"
 import sys
 from werkzeug.serving import run_simple
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 run_simple("127.0.0.1", int(sys.argv[1]), DomainDispatcherApplication(create_backend_app),
-           threaded=False, request_handler=MotoRequestHandler)
+           threaded=sys.argv[2:] == ["threaded"], request_handler=MotoRequestHandler)
 "#;
 
 /// A running moto server.
@@ -61,8 +64,20 @@ pub fn moto_server_path() -> PathBuf {
 }
 
 impl MotoServer {
-    /// Starts a server of its own, stopped when it is dropped.
+    /// Starts a server of its own, stopped when it is dropped, that serves
+    /// one request at a time (see [`SERVE`]).
     pub fn start() -> Self {
+        MotoServer::start_serving(false)
+    }
+
+    /// Starts a server that serves each request on a thread of its own, as
+    /// `moto_server` does: conditional writes can race on it (see
+    /// [`SERVE`]), so it is for benchmarks only.
+    pub fn start_threaded() -> Self {
+        MotoServer::start_serving(true)
+    }
+
+    fn start_serving(threaded: bool) -> Self {
         let moto = moto_server_path();
         assert!(
             moto.is_file(),
@@ -73,7 +88,7 @@ impl MotoServer {
         // tries make that race harmless.
         let mut last_error = String::new();
         for _ in 0..3 {
-            match MotoServer::spawn(&moto) {
+            match MotoServer::spawn(&moto, threaded) {
                 Ok(server) => return server,
                 Err(error) => last_error = error,
             }
@@ -87,7 +102,7 @@ impl MotoServer {
         SHARED.get_or_init(MotoServer::start)
     }
 
-    fn spawn(moto: &std::path::Path) -> Result<Self, String> {
+    fn spawn(moto: &std::path::Path, threaded: bool) -> Result<Self, String> {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map_err(|e| format!("no free port: {e}"))?
@@ -95,7 +110,7 @@ impl MotoServer {
         // The shell prints moto's pid, then watches both the test process and
         // moto, and stops moto when the test process is gone.
         let script = r#"
-            "$0" -c "$SERVE" "$1" >/dev/null 2>"$3" &
+            "$0" -c "$SERVE" "$1" "$4" >/dev/null 2>"$3" &
             moto=$!
             echo "$moto"
             while kill -0 "$2" 2>/dev/null && kill -0 "$moto" 2>/dev/null; do sleep 1; done
@@ -111,6 +126,7 @@ impl MotoServer {
             .arg(port.to_string())
             .arg(std::process::id().to_string())
             .arg(&log)
+            .arg(if threaded { "threaded" } else { "serial" })
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()
@@ -171,8 +187,8 @@ impl MotoServer {
         &self.endpoint
     }
 
-    /// CPU seconds the server has used so far (user + system): it serves one
-    /// request at a time, so this is how long it was busy.
+    /// CPU seconds the server has used so far (user + system): when it
+    /// serves one request at a time, this is how long it was busy.
     pub fn cpu_seconds(&self) -> f64 {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.moto_pid))
             .expect("moto's /proc stat");

@@ -1,10 +1,13 @@
 //! Side-by-side backup and restore benchmark on one real node: the same snapshot of
 //! ≥ 2 GB of SSTables backed up by
 //! (a) `cp -r` of the snapshot tree, (b) `tar -c | zstd -1 -T0` of it,
-//! (c) `medusa backup-node` to local storage, (d) `medusa backup-node` to S3 (moto),
+//! (c) `medusa backup-node` to local storage, (d) `medusa backup-node` to S3 (moto:
+//! one server that serves one request at a time, as the tests use it, and one
+//! with a thread per request, as `moto_server` ships),
 //! (e) Anchises to its filesystem store, then again unchanged (dedup), (f) `cp -r` of
 //! Anchises' store (the restore baseline), (g) an Anchises online restore after
-//! TRUNCATE and (h) a full-node restore in place, (i) Anchises to S3 on the same moto,
+//! TRUNCATE and (h) a full-node restore in place, (i) Anchises to S3 on the same two
+//! moto servers,
 //! (j) `medusa restore-node` from the local backup (stop, replace the data, start);
 //! then the Anchises incremental upload latency after 20 flushes. Prints one table.
 //!
@@ -172,7 +175,7 @@ fn backup_note(job: &Value) -> String {
 /// backup to S3 on the same moto server as Medusa's.
 async fn anchises_runs(
     node: &mut TestNode,
-    moto: &MotoServer,
+    motos: [&MotoServer; 2],
     store: &Path,
     snapshot_bytes: u64,
     rows: i64,
@@ -281,43 +284,110 @@ async fn anchises_runs(
         &run,
         snapshot_bytes,
         format!(
-            "{} files ({} downloaded), {:.1} MB; stop, lay out, start to NORMAL",
+            "{} files ({} downloaded), {:.1} MB; {}down {:.1} s",
             job["result"]["files"],
             job["result"]["downloaded"],
-            job["result"]["bytes"].as_f64().unwrap_or(0.0) / 1e6
+            job["result"]["bytes"].as_f64().unwrap_or(0.0) / 1e6,
+            ["stage", "stop", "swap", "start", "verify"]
+                .iter()
+                .map(|p| format!(
+                    "{p} {:.1} s, ",
+                    job["result"]["phase_seconds"][p]
+                        .as_f64()
+                        .unwrap_or(f64::NAN)
+                ))
+                .collect::<String>(),
+            job["result"]["down_seconds"].as_f64().unwrap_or(f64::NAN)
         ),
     ));
 
-    // What moto itself takes: the snapshot's bytes as 8 MiB PUTs, 4 at a time,
-    // from memory (no reading, hashing or compression): the ceiling of any
-    // backup to this server.
-    out.push(moto_ceiling(moto, snapshot_bytes).await);
-
-    // Backup to S3 on moto.
-    let bucket = moto.create_bucket().await.bucket;
-    fresh_sidecar(
-        node,
-        backup_toml(store, Some((moto.endpoint(), bucket.as_str())), false),
-    )
-    .await;
-    let moto_before = moto.cpu_seconds();
-    let (job, run) = timed_job(node, "/v1/backups", json!({})).await;
-    let moto_busy = moto.cpu_seconds() - moto_before;
-    out.push(anchises_figures(
-        "anchises backup (S3 on moto)",
-        &run,
-        snapshot_bytes,
-        format!(
-            "{}; {}",
-            backup_note(&job),
-            busy_note(moto_busy, run.seconds)
-        ),
-    ));
+    // On each moto server (one request at a time, then a thread per
+    // request): what moto itself takes, the snapshot's bytes as 8 MiB PUTs,
+    // 4 at a time, from memory (no reading, hashing or compression), the
+    // ceiling of any backup to this server; then the backup.
+    for (moto, kind) in motos.into_iter().zip(["S3 on moto", "S3, threaded moto"]) {
+        out.push(moto_ceiling(moto, snapshot_bytes, kind).await);
+        let bucket = moto.create_bucket().await.bucket;
+        fresh_sidecar(
+            node,
+            backup_toml(store, Some((moto.endpoint(), bucket.as_str())), false),
+        )
+        .await;
+        let moto_before = moto.cpu_seconds();
+        let (job, run) = timed_job(node, "/v1/backups", json!({})).await;
+        let moto_busy = moto.cpu_seconds() - moto_before;
+        out.push(anchises_figures(
+            &format!("anchises backup ({kind})"),
+            &run,
+            snapshot_bytes,
+            format!(
+                "{}; {}",
+                backup_note(&job),
+                busy_note(moto_busy, run.seconds)
+            ),
+        ));
+    }
     fresh_sidecar(node, fs_toml).await;
     out
 }
 
-async fn moto_ceiling(moto: &MotoServer, bytes: u64) -> Figures {
+/// (d) `medusa backup-node` to a fresh bucket on `moto`; the run's figures and
+/// whether the page cache was dropped before it.
+async fn medusa_s3_backup(
+    node: &TestNode,
+    moto: &MotoServer,
+    work: &Path,
+    snapshot_bytes: u64,
+    label: &str,
+) -> (Figures, bool) {
+    let bucket = moto.create_bucket().await.bucket;
+    let port = moto
+        .endpoint()
+        .rsplit(':')
+        .next()
+        .expect("endpoint port")
+        .to_string();
+    let credentials = work.join("medusa-s3-credentials");
+    std::fs::write(
+        &credentials,
+        "[default]\naws_access_key_id = test\naws_secret_access_key = test\n",
+    )
+    .expect("write credentials");
+    let s3_ini = work.join(format!("medusa-s3-{port}.ini"));
+    std::fs::write(
+        &s3_ini,
+        medusa_ini(
+            node,
+            &format!(
+                "storage_provider = s3_compatible\nhost = 127.0.0.1\nport = {port}\nsecure = False\nssl_verify = False\nregion = us-east-1\ns3_addressing_style = path\nkey_file = {}\nbucket_name = {bucket}",
+                credentials.display()
+            ),
+        ),
+    )
+    .expect("write medusa ini");
+    let moto_before = moto.cpu_seconds();
+    let run = run_measured(
+        medusa_cmd(
+            &s3_ini,
+            &["backup-node", "--backup-name", &format!("bench-s3-{port}")],
+        ),
+        &work.join(format!("medusa-backup-s3-{port}.log")),
+    );
+    let moto_busy = moto.cpu_seconds() - moto_before;
+    let figures = medusa_figures(
+        label,
+        &run,
+        snapshot_bytes,
+        format!(
+            "{}; {}",
+            medusa_summary(&run.log),
+            busy_note(moto_busy, run.seconds)
+        ),
+    );
+    (figures, run.cold)
+}
+
+async fn moto_ceiling(moto: &MotoServer, bytes: u64, kind: &str) -> Figures {
     use futures::StreamExt;
     const PART: usize = 8 << 20;
     let store = anchises_backup::ObjectStore::s3(&moto.create_bucket().await)
@@ -342,7 +412,7 @@ async fn moto_ceiling(moto: &MotoServer, bytes: u64) -> Figures {
         .await;
     let seconds = t0.elapsed().as_secs_f64();
     Figures {
-        what: "PUTs from memory to moto (ceiling)".into(),
+        what: format!("PUTs from memory ({kind}, ceiling)"),
         seconds,
         bytes: count * PART as u64,
         peak_rss_kib: None,
@@ -354,10 +424,11 @@ async fn moto_ceiling(moto: &MotoServer, bytes: u64) -> Figures {
     }
 }
 
-/// How long moto, which serves one request at a time, was busy during a run.
+/// How much CPU time moto used during a run: when it serves one request at a
+/// time, how long it was busy.
 fn busy_note(busy: f64, seconds: f64) -> String {
     format!(
-        "moto busy {busy:.1} s ({:.0}% of the run)",
+        "moto CPU {busy:.1} s ({:.0}% of the run)",
         100.0 * busy / seconds
     )
 }
@@ -1167,6 +1238,7 @@ async fn main() {
     // (BENCH_SKIP_MEDUSA=1 leaves Medusa out, e.g. while tuning Anchises.)
     let medusa = std::env::var_os("BENCH_SKIP_MEDUSA").is_none();
     let moto = MotoServer::start();
+    let moto_threaded = MotoServer::start_threaded();
     if medusa {
         let run = run_measured(
             medusa_cmd(&local_ini, &["backup-node", "--backup-name", "bench-local"]),
@@ -1185,54 +1257,33 @@ async fn main() {
             ),
         ));
 
-        // (d) medusa backup-node to S3 on moto
-        let bucket = moto.create_bucket().await.bucket;
-        let port = moto
-            .endpoint()
-            .rsplit(':')
-            .next()
-            .expect("endpoint port")
-            .to_string();
-        let credentials = work.join("medusa-s3-credentials");
-        std::fs::write(
-            &credentials,
-            "[default]\naws_access_key_id = test\naws_secret_access_key = test\n",
-        )
-        .expect("write credentials");
-        let s3_ini = work.join("medusa-s3.ini");
-        std::fs::write(
-        &s3_ini,
-        medusa_ini(
-            &node,
-            &format!(
-                "storage_provider = s3_compatible\nhost = 127.0.0.1\nport = {port}\nsecure = False\nssl_verify = False\nregion = us-east-1\ns3_addressing_style = path\nkey_file = {}\nbucket_name = {bucket}",
-                credentials.display()
-            ),
-        ),
-    )
-    .expect("write medusa ini");
-        let moto_before = moto.cpu_seconds();
-        let run = run_measured(
-            medusa_cmd(&s3_ini, &["backup-node", "--backup-name", "bench-s3"]),
-            &work.join("medusa-backup-s3.log"),
-        );
-        let moto_busy = moto.cpu_seconds() - moto_before;
-        cold &= run.cold;
-        results.push(medusa_figures(
-            "medusa backup-node (S3 on moto)",
-            &run,
-            snapshot_bytes,
-            format!(
-                "{}; {}",
-                medusa_summary(&run.log),
-                busy_note(moto_busy, run.seconds)
-            ),
-        ));
+        // (d) medusa backup-node to S3 on moto: one request at a time, then
+        // moto_server as shipped (a thread per request).
+        for (moto, label) in [
+            (&moto, "medusa backup-node (S3 on moto)"),
+            (&moto_threaded, "medusa backup-node (S3, threaded moto)"),
+        ] {
+            let (figures, run_cold) =
+                medusa_s3_backup(&node, moto, &work, snapshot_bytes, label).await;
+            cold &= run_cold;
+            results.push(figures);
+        }
     }
 
     // Anchises, same node, same moto.
-    results.extend(anchises_runs(&mut node, &moto, &store, snapshot_bytes, rows, &work).await);
+    results.extend(
+        anchises_runs(
+            &mut node,
+            [&moto, &moto_threaded],
+            &store,
+            snapshot_bytes,
+            rows,
+            &work,
+        )
+        .await,
+    );
     drop(moto);
+    drop(moto_threaded);
 
     // (e) medusa restore-node from the local backup (in place: stop, replace, start).
     if medusa {
