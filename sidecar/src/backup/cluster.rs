@@ -78,6 +78,12 @@ impl Status {
             NodeBackupState::Running | NodeBackupState::Pending
         ) && now - self.at < SILENT_AFTER
     }
+
+    /// Whether a part that waits to run should say so again: its last
+    /// report is a [`HEARTBEAT`] old.
+    fn report_due(&self, now: OffsetDateTime) -> bool {
+        now - self.at >= HEARTBEAT
+    }
 }
 
 pub struct ClusterBackups {
@@ -470,9 +476,16 @@ impl ClusterBackups {
                     tracing::info!(backup = %id, job = %job.id, "cluster backup request picked up");
                 }
                 Err(StartError::Conflict(c)) => {
-                    tracing::info!(backup = %id, running = %c.running.id, "cluster backup request waits for a running backup");
-                    // Waiting is not silence.
-                    reporter.still_running().await;
+                    // Waiting is not silence: said once per heartbeat, not
+                    // at every poll.
+                    let now = OffsetDateTime::now_utc();
+                    let due = status.as_ref().is_some_and(|s| s.report_due(now));
+                    if status.is_none() || due {
+                        tracing::info!(backup = %id, running = %c.running.id, "cluster backup request waits for a running backup");
+                    }
+                    if due {
+                        reporter.still_running().await;
+                    }
                 }
                 Err(e) => return Err(BackupError::Invalid(e.to_string())),
             }
@@ -544,5 +557,9 @@ mod tests {
         assert!(!status(NodeBackupState::Failed, recent).awaited(now));
         // Several heartbeats fit in the silence a node is allowed.
         assert!(HEARTBEAT * 6 <= SILENT_AFTER);
+        // A waiting part reports once per heartbeat, not at every poll.
+        assert!(!status(NodeBackupState::Running, POLL).report_due(now));
+        assert!(status(NodeBackupState::Running, HEARTBEAT).report_due(now));
+        assert!(POLL < HEARTBEAT);
     }
 }
