@@ -360,26 +360,26 @@ impl Task {
         let timeout = self.config.cassandra.stop_timeout;
         let began = tokio::time::Instant::now();
         let deadline = began + timeout;
-        let signal = match how {
-            StopHow::Discard if commitlog_written_at_once(&self.config.cassandra.yaml) => {
-                self.announce_shutdown(timeout).await;
-                Signal::SIGKILL
+        let kill_now = match how {
+            StopHow::Drain => false,
+            StopHow::Discard if commitlog_written_at_once(&self.config.cassandra.yaml) => true,
+            StopHow::Discard => {
+                info!("the commitlog holds writes back until its sync: draining before the stop");
+                false
             }
-            StopHow::Drain | StopHow::Discard => {
-                if how == StopHow::Discard {
-                    info!(
-                        "the commitlog holds writes back until its sync: draining before the stop"
-                    );
-                }
-                if let Err(e) = self
-                    .jolokia
-                    .exec(STORAGE_SERVICE, "drain()", vec![], timeout)
-                    .await
-                {
-                    warn!(error = %e, "drain before stop failed; stopping with SIGTERM");
-                }
-                Signal::SIGTERM
+        };
+        let signal = if kill_now {
+            self.announce_shutdown(timeout).await;
+            Signal::SIGKILL
+        } else {
+            if let Err(e) = self
+                .jolokia
+                .exec(STORAGE_SERVICE, "drain()", vec![], timeout)
+                .await
+            {
+                warn!(error = %e, "drain before stop failed; stopping with SIGTERM");
             }
+            Signal::SIGTERM
         };
         if let Some(pid) = child.id() {
             let _ = kill(Pid::from_raw(pid as i32), signal);

@@ -186,7 +186,7 @@ impl Swap {
             .with_context(|| format!("cannot create {}", self.aside.display()))?;
         for live in &self.live {
             let aside = self.aside_of(live);
-            if self.marker_of(live, RETURNING_MARKER).exists() {
+            if self.marker_of(live, RETURNING_MARKER).is_file() {
                 self.return_inside(live)?;
             }
             if aside.is_dir() {

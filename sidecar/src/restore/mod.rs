@@ -1475,17 +1475,16 @@ impl PhaseClock {
 /// Cassandra was down: from the stop until the restored node was up
 /// ("verify" began).
 fn phase_seconds(phases: &[(String, std::time::Instant)]) -> (Value, Option<f64>) {
-    let mut seconds = serde_json::Map::new();
+    let mut seconds = std::collections::BTreeMap::<&str, f64>::new();
     for pair in phases.windows(2) {
-        let took = pair[1].1.duration_since(pair[0].1).as_secs_f64();
-        let entry = seconds.entry(pair[0].0.clone()).or_insert(json!(0.0));
-        *entry = json!(entry.as_f64().unwrap_or(0.0) + took);
+        *seconds.entry(&pair[0].0).or_default() +=
+            pair[1].1.duration_since(pair[0].1).as_secs_f64();
     }
     let at = |name: &str| phases.iter().find(|(p, _)| p == name).map(|(_, t)| *t);
     let down = at("stop")
         .zip(at("verify"))
         .map(|(stop, up)| up.duration_since(stop).as_secs_f64());
-    (Value::Object(seconds), down)
+    (json!(seconds), down)
 }
 
 #[cfg(test)]
