@@ -252,15 +252,18 @@ fn list_blocking(root: &Path, prefix: &str) -> Result<Vec<ListedObject>, StoreEr
 
 /// Renames the written `temp` over `target`, creating its directory, and
 /// syncs the directory entry (the rename is durable only then). A delete
-/// prunes directories it leaves empty, so the directory can go between its
-/// creation and the rename: that is tried again.
+/// prunes directories it leaves empty, so a directory can go between its
+/// creation and the rename (`NotFound`), or between `mkdir` finding it and
+/// `create_dir_all` checking it (`AlreadyExists`): that is tried again.
 fn rename_into(temp: &Path, target: &Path) -> std::io::Result<()> {
+    use std::io::ErrorKind::{AlreadyExists, NotFound};
     let parent = target.parent().expect("a key path has a parent");
     let mut tries = 0;
     loop {
-        std::fs::create_dir_all(parent)?;
-        match std::fs::rename(temp, target) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && tries < 5 && temp.exists() => {
+        match std::fs::create_dir_all(parent).and_then(|()| std::fs::rename(temp, target)) {
+            Err(e)
+                if matches!(e.kind(), NotFound | AlreadyExists) && tries < 5 && temp.exists() =>
+            {
                 tries += 1;
             }
             Err(e) => return Err(e),
@@ -299,5 +302,40 @@ impl LocalPut {
     /// Removes the temp file after a failure.
     pub fn abandon(&self) {
         let _ = std::fs::remove_file(&self.temp);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two writers each put an object and delete it again in one directory:
+    /// every delete that leaves the directory empty prunes it, also between
+    /// the other's creation of it and its rename. No put may fail for that.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_put_survives_a_delete_pruning_its_directory() {
+        const ROUNDS: usize = 1500;
+        let root = tempfile::tempdir().expect("temp dir");
+        let store = FsBackend::open(root.path()).expect("open");
+        let writer = |name: &'static str| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let key = ObjectKey::new(format!("slot/sst/ks/{name}")).expect("key");
+                let body = Bytes::from_static(b"component");
+                for round in 0..ROUNDS {
+                    if let Err(e) = store.put(&key, &body).await {
+                        panic!("put {round} of {name} failed: {e}");
+                    }
+                    store.delete(&key).await.expect("delete");
+                }
+            })
+        };
+        let (a, b) = (writer("a"), writer("b"));
+        a.await.expect("writer a");
+        b.await.expect("writer b");
+        assert!(
+            !root.path().join("slot").exists(),
+            "the last delete pruned the tree"
+        );
     }
 }
