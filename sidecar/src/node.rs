@@ -532,9 +532,11 @@ impl Node {
                     humantime::format_duration(timeout)
                 )));
             }
+            // A short poll: every start (a restore's, a rolling restart's)
+            // waits for this, and one loopback read costs next to nothing.
             tokio::select! {
                 _ = cancel.cancelled() => return Err(NodeError::Failed("cancelled".into())),
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
             }
         }
     }

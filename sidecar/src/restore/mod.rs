@@ -343,26 +343,12 @@ impl Restores {
         let (plan, mut view) = self
             .plan_for(req, self.backups.slot(), own_tokens, &live)
             .await?;
-        // Where a continued restore keeps files: its staging, and what a
-        // full-node restore's rollback took back.
-        let kept: Vec<PathBuf> = continues
-            .map(|id| self.root().join(id))
-            .map(|dir| vec![dir.join("staging"), dir.join(full::RETURNED)])
-            .unwrap_or_default();
         let imported = continued.map(|s| s.imported).unwrap_or_default();
-        // What is still to download: neither kept already nor of a table
-        // already imported (Cassandra moved those files into the table).
-        let to_stage: u64 = plan
-            .files
-            .iter()
-            .filter(|f| {
-                !imported.contains(&table_of(f))
-                    && !kept
-                        .iter()
-                        .any(|d| anchises_backup::restore::is_staged(d, f))
-            })
-            .map(|f| f.size)
-            .sum();
+        let to_stage = bytes_to_stage(
+            &plan.files,
+            continues.map(|id| self.root().join(id)).as_deref(),
+            &imported,
+        );
         let min_free = self.backups.config.backup.restore_min_free.as_u64();
         if let Some(b) = space_blocker(&self.backups.config.node.data_dir, to_stage, min_free) {
             view.blockers.push(b);
@@ -1028,6 +1014,30 @@ fn table_of(f: &anchises_backup::manifest::FileEntry) -> String {
         f.keyspace,
         anchises_backup::layout::table_name_of_dir(&f.table_dir).unwrap_or(&f.table_dir)
     )
+}
+
+/// The bytes of `files` still to download: those neither kept already by
+/// the restore continued in `continued_dir` (in its staging, or taken back
+/// into `returned` by a full-node restore's rollback) nor of a table in
+/// `imported` (Cassandra moved those files into the table).
+fn bytes_to_stage(
+    files: &[anchises_backup::manifest::FileEntry],
+    continued_dir: Option<&Path>,
+    imported: &[String],
+) -> u64 {
+    let kept: Vec<PathBuf> = continued_dir
+        .map(|dir| vec![dir.join("staging"), dir.join(full::RETURNED)])
+        .unwrap_or_default();
+    files
+        .iter()
+        .filter(|f| {
+            !imported.contains(&table_of(f))
+                && !kept
+                    .iter()
+                    .any(|d| anchises_backup::restore::is_staged(d, f))
+        })
+        .map(|f| f.size)
+        .sum()
 }
 
 /// Why staging `to_stage` bytes under `dir` would leave less than
@@ -1778,6 +1788,46 @@ mod tests {
         }
         assert!(root.join("seed-orders-x/done").exists());
         assert!(root.join("r2/state.json").exists());
+    }
+
+    #[test]
+    fn a_continued_restore_counts_staged_returned_and_imported_files_as_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |table_dir: &str, name: &str, size: u64| anchises_backup::manifest::FileEntry {
+            keyspace: "ks".into(),
+            table_dir: table_dir.into(),
+            name: name.into(),
+            size,
+            hash: String::new(),
+            key: String::new(),
+            stored_size: size,
+            compression: anchises_backup::manifest::Compression::None,
+            modified_at: None,
+        };
+        let id = "0123456789abcdef0123456789abcdef";
+        let files = [
+            file(&format!("staged-{id}"), "nb-1-big-Data.db", 100),
+            file(&format!("returned-{id}"), "nb-1-big-Data.db", 1_000),
+            file(&format!("imported-{id}"), "nb-1-big-Data.db", 10_000),
+            file(&format!("missing-{id}"), "nb-1-big-Data.db", 100_000),
+            // Half downloaded: a file of another size is not kept.
+            file(&format!("partial-{id}"), "nb-1-big-Data.db", 1_000_000),
+        ];
+        let place = |under: &str, f: &anchises_backup::manifest::FileEntry, len: u64| {
+            let path = anchises_backup::restore::staged_path(&dir.path().join(under), f);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, vec![0u8; len as usize]).unwrap();
+        };
+        place("staging", &files[0], 100);
+        place(full::RETURNED, &files[1], 1_000);
+        place("staging", &files[4], 999);
+        let imported = vec!["ks.imported".to_string()];
+        assert_eq!(
+            bytes_to_stage(&files, Some(dir.path()), &imported),
+            100_000 + 1_000_000
+        );
+        // A new restore keeps nothing.
+        assert_eq!(bytes_to_stage(&files, None, &[]), 1_111_100);
     }
 
     #[test]
