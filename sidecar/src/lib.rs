@@ -121,7 +121,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 store,
                 config.node.cluster_name.clone(),
                 joined.dcs.clone(),
-                anchises_topology::Registry::new(Arc::new(cas), config.node.cluster_name.clone()),
+                Arc::new(cas),
             )))
         }
         _ => None,

@@ -5,10 +5,17 @@
 //! index, which says whether every node finished. A node that fails, or never
 //! picks the request up, is reported in the index and the job's error.
 //!
+//! The asking node holds the request's finisher record in the coordinator
+//! store and renews it every [`HEARTBEAT`]. If it goes silent (its sidecar
+//! died) for [`SILENT_AFTER`], any node takes the record over once no part
+//! is awaited any more, and writes the index in its stead: an outcome is
+//! never left unwritten.
+//!
 //! ```text
 //! <cluster>/backups/requests/<id>.json               the request
 //! <cluster>/backups/status/<id>/<dc>/<slot>.json      each node's state
 //! <cluster>/backups/<id>.json                         the cluster index
+//! <cluster>/backups/finisher/<id>.json                who writes it (coordinator store)
 //! ```
 
 use std::collections::HashSet;
@@ -19,7 +26,7 @@ use anchises_backup::manifest::{
     BackupId, ClusterIndex, ClusterNode, NodeBackupState, SlotRef, Totals, FORMAT,
 };
 use anchises_backup::{BackupError, ObjectKey, ObjectStore, StoreError};
-use anchises_topology::Registry;
+use anchises_topology::{CasError, CasKey, CasStore, Registry, Version};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use time::OffsetDateTime;
@@ -86,17 +93,45 @@ impl Status {
     }
 }
 
+/// Who collects a cluster backup's outcome and writes its index, as of `at`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Finisher {
+    slot: SlotRef,
+    #[serde(with = "time::serde::rfc3339")]
+    at: OffsetDateTime,
+}
+
+/// Whether a request still waits for a part as of `now`: one not picked up
+/// within [`PICKUP_TIMEOUT`] of the request, or one that is [`Status::awaited`].
+fn awaits_a_part(
+    statuses: &[(SlotRef, Option<Status>)],
+    requested_at: OffsetDateTime,
+    now: OffsetDateTime,
+) -> bool {
+    statuses.iter().any(|(_, s)| match s {
+        None => now - requested_at < PICKUP_TIMEOUT,
+        Some(s) => s.awaited(now),
+    })
+}
+
 pub struct ClusterBackups {
     store: ObjectStore,
     cluster: String,
     dcs: Vec<String>,
     registry: Registry,
+    /// The coordinator store (the registry's), for the finisher records.
+    coordination: Arc<dyn CasStore>,
     /// Requests this process has started a backup for.
     handled: Mutex<HashSet<BackupId>>,
 }
 
 fn request_key(cluster: &str, id: &BackupId) -> Result<ObjectKey, StoreError> {
     ObjectKey::new(format!("{cluster}/backups/requests/{id}.json"))
+}
+
+fn finisher_key(cluster: &str, id: &BackupId) -> Result<CasKey, BackupError> {
+    CasKey::new(format!("{cluster}/backups/finisher/{id}.json"))
+        .map_err(|e| BackupError::Invalid(e.to_string()))
 }
 
 fn status_key(id: &BackupId, slot: &SlotRef) -> Result<ObjectKey, StoreError> {
@@ -189,14 +224,64 @@ impl Reporter {
 }
 
 impl ClusterBackups {
-    pub fn new(store: ObjectStore, cluster: String, dcs: Vec<String>, registry: Registry) -> Self {
+    /// `coordination` is the coordinator store, which holds the registry.
+    pub fn new(
+        store: ObjectStore,
+        cluster: String,
+        dcs: Vec<String>,
+        coordination: Arc<dyn CasStore>,
+    ) -> Self {
         ClusterBackups {
             store,
+            registry: Registry::new(coordination.clone(), cluster.clone()),
             cluster,
             dcs,
-            registry,
+            coordination,
             handled: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// Makes `me` the finisher of backup `id`: creates the record (`held`
+    /// `None`), or replaces the one at version `held` (a renewal, or a
+    /// silent finisher's). `None` when another node holds it.
+    async fn hold_finisher(
+        &self,
+        id: &BackupId,
+        me: &SlotRef,
+        held: Option<&Version>,
+    ) -> Result<Option<Version>, BackupError> {
+        let key = finisher_key(&self.cluster, id)?;
+        let record = anchises_topology::cas::to_json_bytes(&Finisher {
+            slot: me.clone(),
+            at: OffsetDateTime::now_utc(),
+        });
+        let written = match held {
+            None => self.coordination.put_if_absent(&key, record).await,
+            Some(version) => self.coordination.put_if_match(&key, record, version).await,
+        };
+        match written {
+            Ok(version) => Ok(Some(version)),
+            Err(CasError::Conflict { .. }) => Ok(None),
+            Err(e) => Err(BackupError::Invalid(format!(
+                "cannot write the finisher record of cluster backup {id}: {e}"
+            ))),
+        }
+    }
+
+    /// Renews the finisher record the coordinator holds; an error once
+    /// another node has taken it over.
+    async fn renew_finisher(
+        &self,
+        id: &BackupId,
+        me: &SlotRef,
+        held: &Version,
+    ) -> Result<Version, BackupError> {
+        self.hold_finisher(id, me, Some(held)).await?.ok_or_else(|| {
+            BackupError::Invalid(format!(
+                "cluster backup {id} is finished by another node: this one stopped collecting its outcome for over {}s",
+                SILENT_AFTER.as_secs()
+            ))
+        })
     }
 
     pub(crate) fn store(&self) -> &ObjectStore {
@@ -256,7 +341,7 @@ impl ClusterBackups {
                         return Err("no cluster registry".to_string());
                     };
                     cluster
-                        .coordinate(&job_id, keyspaces, &cancel)
+                        .coordinate(&job_id, keyspaces, backups.slot(), &cancel)
                         .await
                         .map_err(|e| e.to_string())
                 },
@@ -268,33 +353,54 @@ impl ClusterBackups {
         &self,
         id: &BackupId,
         keyspaces: Vec<String>,
+        me: &SlotRef,
         cancel: &CancellationToken,
     ) -> Result<Value, BackupError> {
         let nodes = self.claimed().await?;
+        // Held before the request exists, so no node takes a request for
+        // abandoned before its finisher said anything.
+        let mut held = self.hold_finisher(id, me, None).await?.ok_or_else(|| {
+            BackupError::Invalid(format!("cluster backup {id} already has a finisher"))
+        })?;
         let request = Request {
             backup_id: id.clone(),
             requested_at: OffsetDateTime::now_utc(),
-            keyspaces: keyspaces.clone(),
-            nodes: nodes.clone(),
+            keyspaces,
+            nodes,
         };
-        let request_key = request_key(&self.cluster, id)?;
-        put_json(&self.store, &request_key, &request).await?;
-        let started = tokio::time::Instant::now();
+        put_json(&self.store, &request_key(&self.cluster, id)?, &request).await?;
+        let mut renewed = tokio::time::Instant::now();
         let statuses = loop {
-            let statuses = self.statuses(id, &nodes).await?;
-            let now = OffsetDateTime::now_utc();
-            let pending = statuses.iter().any(|(_, s)| match s {
-                None => started.elapsed() < PICKUP_TIMEOUT,
-                Some(s) => s.awaited(now),
-            });
-            if !pending {
+            let statuses = self.statuses(id, &request.nodes).await?;
+            if !awaits_a_part(&statuses, request.requested_at, OffsetDateTime::now_utc()) {
                 break statuses;
             }
             tokio::select! {
                 _ = tokio::time::sleep(POLL) => {}
                 _ = cancel.cancelled() => return Err(BackupError::Cancelled),
             }
+            if renewed.elapsed() >= HEARTBEAT {
+                held = self.renew_finisher(id, me, &held).await?;
+                renewed = tokio::time::Instant::now();
+            }
         };
+        // Once more right before the index: a coordinator that was taken
+        // for dead does not write over what its successor wrote.
+        held = self.renew_finisher(id, me, &held).await?;
+        self.finish(&request, statuses, &held).await
+    }
+
+    /// Writes the index of `request` from its parts' `statuses` (none
+    /// awaited any more), then removes the request, the statuses and the
+    /// finisher record (at `held`). An error names the parts that failed.
+    async fn finish(
+        &self,
+        request: &Request,
+        statuses: Vec<(SlotRef, Option<Status>)>,
+        held: &Version,
+    ) -> Result<Value, BackupError> {
+        let id = &request.backup_id;
+        let nodes = &request.nodes;
         let index_nodes: Vec<ClusterNode> = nodes
             .iter()
             .zip(statuses)
@@ -340,19 +446,23 @@ impl ClusterBackups {
             requested_at: request.requested_at,
             finished_at: OffsetDateTime::now_utc(),
             complete,
-            keyspaces,
+            keyspaces: request.keyspaces.clone(),
             nodes: index_nodes,
         };
         anchises_backup::catalog::Catalog::new(self.store.clone())
             .put_cluster_index(&index)
             .await?;
-        self.store.delete(&request_key).await?;
+        self.store.delete(&request_key(&self.cluster, id)?).await?;
         // The index now holds what each node's status said.
         let statuses: Vec<ObjectKey> = nodes
             .iter()
             .map(|n| status_key(id, &n.slot))
             .collect::<Result<_, _>>()?;
         self.store.delete_many(&statuses).await?;
+        let finisher = finisher_key(&self.cluster, id)?;
+        if let Err(e) = self.coordination.delete_if_match(&finisher, held).await {
+            tracing::warn!(backup = %id, error = %e, "cannot remove the finisher record");
+        }
         if !complete {
             let failures: Vec<String> = index
                 .nodes
@@ -417,11 +527,15 @@ impl ClusterBackups {
         )
     }
 
-    /// Runs until `stop`: picks up requests naming this node's slot.
+    /// Runs until `stop`: picks up requests naming this node's slot, and
+    /// finishes those whose finisher went silent.
     pub async fn watch(self: Arc<Self>, backups: Arc<Backups>, stop: CancellationToken) {
         loop {
             if let Err(e) = self.pick_up(&backups).await {
                 tracing::warn!(error = %e, "cannot check for cluster backup requests");
+            }
+            if let Err(e) = self.finish_abandoned(backups.slot()).await {
+                tracing::warn!(error = %e, "cannot check for abandoned cluster backups");
             }
             tokio::select! {
                 _ = tokio::time::sleep(POLL) => {}
@@ -488,6 +602,55 @@ impl ClusterBackups {
                     }
                 }
                 Err(e) => return Err(BackupError::Invalid(e.to_string())),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ClusterBackups {
+    /// Finishes, as `me`, every request whose finisher has said nothing for
+    /// [`SILENT_AFTER`] (or that never had one) and that awaits no part any
+    /// more: its index says what each node's status says.
+    async fn finish_abandoned(&self, me: &SlotRef) -> Result<(), BackupError> {
+        let prefix = format!("{}/backups/requests/", self.cluster);
+        for object in self.store.list(&prefix).await? {
+            let Some(request) = get_json::<Request>(&self.store, &object.key).await? else {
+                continue;
+            };
+            let id = &request.backup_id;
+            let finisher = anchises_topology::cas::get_json::<Finisher>(
+                self.coordination.as_ref(),
+                &finisher_key(&self.cluster, id)?,
+            )
+            .await
+            .map_err(|e| BackupError::Invalid(format!("cannot read the finisher of {id}: {e}")))?;
+            let now = OffsetDateTime::now_utc();
+            let heard_at = finisher
+                .as_ref()
+                .map_or(request.requested_at, |(f, _)| f.at);
+            if now - heard_at < SILENT_AFTER {
+                continue;
+            }
+            let statuses = self.statuses(id, &request.nodes).await?;
+            if awaits_a_part(&statuses, request.requested_at, now) {
+                continue;
+            }
+            let silent = finisher.as_ref().map(|(f, _)| f.slot.label());
+            let Some(held) = self
+                .hold_finisher(id, me, finisher.as_ref().map(|(_, v)| v))
+                .await?
+            else {
+                continue;
+            };
+            tracing::warn!(
+                backup = %id,
+                silent = silent.as_deref().unwrap_or("none"),
+                "the node collecting this cluster backup's outcome went silent: this node writes its index"
+            );
+            match self.finish(&request, statuses, &held).await {
+                Ok(_) => tracing::info!(backup = %id, "cluster backup finished, complete"),
+                Err(e) => tracing::warn!(backup = %id, error = %e, "cluster backup finished"),
             }
         }
         Ok(())
@@ -561,5 +724,158 @@ mod tests {
         assert!(!status(NodeBackupState::Running, POLL).report_due(now));
         assert!(status(NodeBackupState::Running, HEARTBEAT).report_due(now));
         assert!(POLL < HEARTBEAT);
+    }
+
+    /// A request for two nodes made 10 minutes ago: `a` done, `b`
+    /// running as of `b_ago`.
+    struct Abandoned {
+        _dir: tempfile::TempDir,
+        backups: ClusterBackups,
+        request: Request,
+        me: SlotRef,
+    }
+
+    impl Abandoned {
+        async fn new(b_ago: Duration) -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let store = ObjectStore::filesystem(dir.path().join("store")).unwrap();
+            let cas = anchises_topology::FsCasStore::open(dir.path().join("coordination")).unwrap();
+            let backups =
+                ClusterBackups::new(store, "c1".into(), vec!["dc1".into()], Arc::new(cas));
+            let slot = |n| SlotRef {
+                cluster: "c1".into(),
+                dc: "dc1".into(),
+                slot: n,
+            };
+            let node = |n| RequestedNode {
+                slot: slot(n),
+                rack: "r1".into(),
+                address: format!("127.0.0.{}", n + 1),
+                tokens: vec![n.to_string()],
+            };
+            let now = OffsetDateTime::now_utc();
+            let request = Request {
+                backup_id: BackupId::parse("20261127T220000Z").unwrap(),
+                requested_at: now - Duration::from_secs(600),
+                keyspaces: vec![],
+                nodes: vec![node(0), node(1)],
+            };
+            let id = &request.backup_id;
+            put_json(&backups.store, &request_key("c1", id).unwrap(), &request)
+                .await
+                .unwrap();
+            let status = |state, ago: Duration| Status {
+                state,
+                at: now - ago,
+                error: None,
+                totals: Totals {
+                    files: 3,
+                    ..Totals::default()
+                },
+            };
+            let done = status(NodeBackupState::Done, Duration::from_secs(300));
+            put_json(&backups.store, &status_key(id, &slot(0)).unwrap(), &done)
+                .await
+                .unwrap();
+            let running = status(NodeBackupState::Running, b_ago);
+            put_json(&backups.store, &status_key(id, &slot(1)).unwrap(), &running)
+                .await
+                .unwrap();
+            Abandoned {
+                _dir: dir,
+                backups,
+                request,
+                me: slot(1),
+            }
+        }
+
+        /// Writes a finisher record of slot 0 as of `ago`.
+        async fn finisher_heard(&self, ago: Duration) -> Version {
+            let key = finisher_key("c1", &self.request.backup_id).unwrap();
+            let record = Finisher {
+                slot: self.request.nodes[0].slot.clone(),
+                at: OffsetDateTime::now_utc() - ago,
+            };
+            self.backups
+                .coordination
+                .put_if_absent(&key, anchises_topology::cas::to_json_bytes(&record))
+                .await
+                .unwrap()
+        }
+
+        async fn index(&self) -> Option<ClusterIndex> {
+            anchises_backup::catalog::Catalog::new(self.backups.store.clone())
+                .cluster_index("c1", &self.request.backup_id)
+                .await
+                .unwrap()
+        }
+
+        async fn request_left(&self) -> bool {
+            get_json::<Request>(
+                &self.backups.store,
+                &request_key("c1", &self.request.backup_id).unwrap(),
+            )
+            .await
+            .unwrap()
+            .is_some()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_whose_finisher_went_silent_is_finished_by_another_node() {
+        let silent = SILENT_AFTER + Duration::from_secs(30);
+        let fx = Abandoned::new(silent).await;
+        let held = fx.finisher_heard(silent).await;
+        fx.backups.finish_abandoned(&fx.me).await.unwrap();
+        let index = fx.index().await.expect("an index was written");
+        assert!(!index.complete);
+        assert_eq!(index.nodes[0].state, NodeBackupState::Done);
+        assert_eq!(index.nodes[0].totals.files, 3);
+        assert_eq!(index.nodes[1].state, NodeBackupState::Failed);
+        let error = index.nodes[1].error.as_deref().unwrap();
+        assert!(error.contains("stopped reporting its backup"), "{error}");
+        assert!(!fx.request_left().await);
+        let id = &fx.request.backup_id;
+        for n in &fx.request.nodes {
+            let key = status_key(id, &n.slot).unwrap();
+            let status = get_json::<Status>(&fx.backups.store, &key).await.unwrap();
+            assert!(status.is_none());
+        }
+        let finisher = finisher_key("c1", id).unwrap();
+        assert!(fx
+            .backups
+            .coordination
+            .get(&finisher)
+            .await
+            .unwrap()
+            .is_none());
+        // The coordinator, back from its silence, no longer holds the record:
+        // it cannot write its index over this one.
+        let me = &fx.request.nodes[0].slot;
+        let renewed = fx.backups.renew_finisher(id, me, &held).await;
+        assert!(renewed.is_err(), "{renewed:?}");
+    }
+
+    #[tokio::test]
+    async fn a_request_is_left_to_its_finisher_while_it_speaks_or_a_part_runs() {
+        let silent = SILENT_AFTER + Duration::from_secs(30);
+        // The finisher was heard of a heartbeat ago.
+        let fx = Abandoned::new(silent).await;
+        fx.finisher_heard(HEARTBEAT).await;
+        fx.backups.finish_abandoned(&fx.me).await.unwrap();
+        assert!(fx.index().await.is_none());
+        assert!(fx.request_left().await);
+        // The finisher is silent, but node b reported a heartbeat ago.
+        let fx = Abandoned::new(HEARTBEAT).await;
+        fx.finisher_heard(silent).await;
+        fx.backups.finish_abandoned(&fx.me).await.unwrap();
+        assert!(fx.index().await.is_none());
+        assert!(fx.request_left().await);
+        // No finisher record at all (a request older than the records, or
+        // one whose finisher died while finishing): the request's age counts.
+        let fx = Abandoned::new(silent).await;
+        fx.backups.finish_abandoned(&fx.me).await.unwrap();
+        assert!(fx.index().await.is_some());
+        assert!(!fx.request_left().await);
     }
 }
