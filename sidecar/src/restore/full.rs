@@ -315,8 +315,10 @@ impl Swap {
     /// Takes the backup's files back from the data directory into
     /// `returned`, for [`Swap::reclaim`]: only while the previous data
     /// directory is aside (the live one is then this restore's). A file that
-    /// cannot be moved goes with the live directory (and is downloaded
-    /// again). Returns how many were taken back.
+    /// cannot be renamed (a data directory on another filesystem) goes with
+    /// the live directory and is downloaded again: this runs before the
+    /// previous node starts again, which a copy would hold up. Returns how
+    /// many were taken back.
     pub(super) fn take_back_layout(&self, files: &[FileEntry]) -> usize {
         if !self.data_aside() {
             return 0;
