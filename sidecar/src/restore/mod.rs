@@ -350,9 +350,14 @@ impl Restores {
             &imported,
         );
         let min_free = self.backups.config.backup.restore_min_free.as_u64();
-        if let Some(b) = space_blocker(&self.backups.config.node.data_dir, to_stage, min_free) {
-            view.blockers.push(b);
-        }
+        let data =
+            crate::cassandra::files::NodeLayout::new(&self.backups.config.node.data_dir).data;
+        view.blockers.extend(space_blockers(
+            &self.backups.config.node.data_dir,
+            &data,
+            to_stage,
+            min_free,
+        ));
         if req.mode == RestoreMode::Full {
             view.blockers
                 .extend(full::held_by_other(&self.backups.config, continues));
@@ -1038,6 +1043,22 @@ fn bytes_to_stage(
         })
         .map(|f| f.size)
         .sum()
+}
+
+/// [`space_blocker`] for the staging under `staging_root`, and for the data
+/// directory `data` too when it is on another filesystem: Cassandra's import
+/// then copies the staged files onto it (an online restore), as the layout
+/// does (a full-node restore, whose previous data stays there meanwhile).
+fn space_blockers(staging_root: &Path, data: &Path, to_stage: u64, min_free: u64) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let device = |dir: &Path| std::fs::metadata(dir).map(|m| m.dev()).ok();
+    let mut dirs = vec![staging_root];
+    if device(data).is_some_and(|d| Some(d) != device(staging_root)) {
+        dirs.push(data);
+    }
+    dirs.into_iter()
+        .filter_map(|dir| space_blocker(dir, to_stage, min_free))
+        .collect()
 }
 
 /// Why staging `to_stage` bytes under `dir` would leave less than
@@ -1828,6 +1849,43 @@ mod tests {
         );
         // A new restore keeps nothing.
         assert_eq!(bytes_to_stage(&files, None, &[]), 1_111_100);
+    }
+
+    #[test]
+    fn a_data_directory_on_another_filesystem_needs_the_room_too() {
+        let staging = tempfile::tempdir().unwrap();
+        let free = |dir: &Path| {
+            let stat = nix::sys::statvfs::statvfs(dir).unwrap();
+            stat.blocks_available() as u64 * stat.fragment_size() as u64
+        };
+        let huge = free(staging.path()) + (1 << 40);
+        // One filesystem: one check.
+        let same = staging.path().join("data");
+        std::fs::create_dir(&same).unwrap();
+        assert_eq!(
+            space_blockers(staging.path(), &same, 1 << 10, 0),
+            Vec::<String>::new()
+        );
+        assert_eq!(space_blockers(staging.path(), &same, huge, 0).len(), 1);
+        // A data directory not there yet (a lost disk) is not checked.
+        let missing = staging.path().join("missing");
+        assert_eq!(space_blockers(staging.path(), &missing, huge, 0).len(), 1);
+        // Another filesystem (tmpfs): both are checked, each named.
+        let other = tempfile::tempdir_in("/dev/shm").expect("/dev/shm, a tmpfs");
+        use std::os::unix::fs::MetadataExt;
+        let dev = |p: &Path| std::fs::metadata(p).unwrap().dev();
+        assert_ne!(
+            dev(other.path()),
+            dev(staging.path()),
+            "/dev/shm is another filesystem"
+        );
+        let huge = huge.max(free(other.path()) + (1 << 40));
+        let both = space_blockers(staging.path(), other.path(), huge, 0);
+        assert_eq!(both.len(), 2, "{both:?}");
+        assert!(
+            both[1].contains(&other.path().display().to_string()),
+            "{both:?}"
+        );
     }
 
     #[test]
