@@ -1,7 +1,9 @@
 //! Benchmark of the node sidecar against real Cassandra, printing figures:
 //! - time from spawn to NORMAL under `anchises node`, next to the same JVM started by
-//!   its bare launcher line (`anchises node --print-launch`), alternating, fresh data
-//!   each run; both measured by polling Jolokia the same way;
+//!   its bare launcher line (`anchises node --print-launch`), and to `anchises node`
+//!   with `class_sharing = false`, in rotating order, fresh data each run; all
+//!   measured by polling Jolokia the same way (a first start builds the class archive
+//!   the others map);
 //! - the sidecar's RSS while idle beside the running node;
 //! - `GET /v1/node` latency at a fixed request rate on loopback (open loop).
 //!
@@ -106,25 +108,70 @@ async fn main() {
         .unwrap_or(3);
     ensure_cassandra();
     let http = reqwest::Client::new();
+    // The class archive of this benchmark's own, built by a first start.
+    let archives = test_root().join("bench-cds");
+    let _ = std::fs::remove_dir_all(&archives);
     let spec = NodeSpec {
         initial_token: Some("0".into()),
+        extra_toml: format!("class_archive_dir = \"{}\"\n", archives.display()),
         ..NodeSpec::new("bench", OCTET)
+    };
+    let without_sharing = NodeSpec {
+        extra_toml: format!("{}class_sharing = false\n", spec.extra_toml),
+        ..spec.clone()
     };
     let jolokia_port = 18000 + OCTET as u16;
     let mut with_sidecar = Vec::new();
+    let mut no_sharing = Vec::new();
     let mut bare = Vec::new();
     println!("binary: {}", anchises_bin().display());
+    {
+        let t0 = Instant::now();
+        let mut node = TestNode::start(spec.clone()).await;
+        node.wait_normal().await;
+        while !std::fs::read_dir(&archives)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .any(|e| e.path().extension().is_some_and(|x| x == "jsa"))
+            })
+            .unwrap_or(false)
+        {
+            assert!(t0.elapsed() < Duration::from_secs(300), "no class archive");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        println!(
+            "class archive built {:.1} s after the first start began",
+            t0.elapsed().as_secs_f64()
+        );
+        assert!(node.stop());
+    }
     for round in 0..rounds {
-        // Sidecar first on even rounds, bare first on odd ones.
-        for sidecar_turn in [round % 2 == 0, round % 2 == 1] {
-            if sidecar_turn {
+        // 0: anchises node, 1: the same with class_sharing = false, 2: the bare
+        // launcher line; the order rotates from round to round.
+        for turn in (0..3).map(|k| (k + round) % 3) {
+            if turn < 2 {
                 let t0 = Instant::now();
-                let mut node = TestNode::start(spec.clone()).await;
+                let mut node = TestNode::start(if turn == 0 {
+                    spec.clone()
+                } else {
+                    without_sharing.clone()
+                })
+                .await;
                 let took = wait_normal_via_jolokia(&http, jolokia_port, t0).await;
                 println!(
-                    "round {round}: anchises node -> NORMAL in {:.2} s",
+                    "round {round}: anchises node{} -> NORMAL in {:.2} s",
+                    if turn == 0 {
+                        ""
+                    } else {
+                        ", class_sharing = false"
+                    },
                     took.as_secs_f64()
                 );
+                if turn == 1 {
+                    no_sharing.push(took);
+                    assert!(node.stop());
+                    continue;
+                }
                 with_sidecar.push(took);
                 if round == 0 {
                     node.wait_normal().await;
@@ -211,4 +258,11 @@ async fn main() {
         mean(&bare),
         mean(&with_sidecar) - mean(&bare)
     );
+    println!(
+        "class sharing: anchises node {:.2} s with the archive, {:.2} s with class_sharing = false ({:+.2} s)",
+        mean(&with_sidecar),
+        mean(&no_sharing),
+        mean(&with_sidecar) - mean(&no_sharing)
+    );
+    let _ = std::fs::remove_dir_all(&archives);
 }

@@ -407,3 +407,71 @@ async fn bad_requests_get_json_errors_with_the_right_status() {
         .await;
     expect(s, &b, 404, "does not exist");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_classes_a_first_start_loads_are_mapped_from_an_archive_at_the_next() {
+    let archives = anchises_integration::test_root().join("cds-43");
+    let _ = std::fs::remove_dir_all(&archives);
+    let node = TestNode::start(NodeSpec {
+        initial_token: Some("0".into()),
+        extra_toml: format!("class_archive_dir = \"{}\"\n", archives.display()),
+        ..NodeSpec::new("cds", 43)
+    })
+    .await;
+    node.wait_normal().await;
+    let listed = |suffix: &str| -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(&archives)
+            .map(|d| {
+                d.filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.to_string_lossy().ends_with(suffix))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // The first start records its classes; the archive follows once the
+    // list stops growing.
+    let first = node.cassandra_pid().unwrap();
+    assert!(
+        !listed(".classlist").is_empty(),
+        "the first start records a class list"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(240);
+    let archive = loop {
+        assert!(
+            listed(".failed").is_empty(),
+            "the archive could not be built"
+        );
+        if let (Some(archive), true) = (listed(".jsa").pop(), listed(".classlist").is_empty()) {
+            break archive;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no class archive in {}",
+            archives.display()
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
+    let maps = |pid: i32| std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let name = archive.display().to_string();
+    assert!(
+        !maps(first).contains(&name),
+        "the first start had no archive to map"
+    );
+    // The next start maps it (the JVM ignores an archive it finds unfit).
+    let job = node.action("restart", None).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let second = node.cassandra_pid().unwrap();
+    assert_ne!(first, second);
+    assert!(
+        maps(second).contains(&name),
+        "the restarted JVM did not map {name}"
+    );
+    assert!(
+        listed(".classlist").is_empty(),
+        "a start with an archive records nothing"
+    );
+    let (s, status) = node.get("/v1/node").await;
+    assert_eq!(s, 200, "{status}");
+    assert_eq!(status["ready"], true, "{status}");
+    let _ = std::fs::remove_dir_all(&archives);
+}

@@ -113,6 +113,12 @@ pub struct CassandraConfig {
     pub yaml: toml::Table,
     /// Shorter gossip settle and ring delay: for clusters on one machine (tests, dev).
     pub fast_start: bool,
+    /// Class data sharing: the JVM maps the classes it loaded at an earlier
+    /// start from an archive instead of loading them from the jars again.
+    pub class_sharing: bool,
+    /// Where the class archives go, one per JDK and set of jars, shared by
+    /// the nodes of a machine; by default `$ANCHISES_CACHE/cds`.
+    pub class_archive_dir: Option<PathBuf>,
     #[serde(with = "humantime_serde")]
     pub start_timeout: Duration,
     /// How long a drain plus a clean JVM exit may take before SIGKILL.
@@ -308,6 +314,8 @@ impl Default for CassandraConfig {
             jvm_opts: Vec::new(),
             yaml: toml::Table::new(),
             fast_start: false,
+            class_sharing: true,
+            class_archive_dir: None,
             start_timeout: Duration::from_secs(300),
             stop_timeout: Duration::from_secs(120),
         }
@@ -578,6 +586,13 @@ impl Config {
             .home
             .clone()
             .unwrap_or_else(|| cache_dir().join("cassandra").join(&self.cassandra.version))
+    }
+
+    pub fn class_archive_dir(&self) -> PathBuf {
+        self.cassandra
+            .class_archive_dir
+            .clone()
+            .unwrap_or_else(|| cache_dir().join("cds"))
     }
 
     pub fn jolokia_agent(&self) -> PathBuf {

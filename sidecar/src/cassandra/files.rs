@@ -338,7 +338,12 @@ fn java_major(java: &Path) -> Option<u32> {
 }
 
 /// The full JVM argument list (after `java`) for this node.
-pub fn jvm_args(config: &Config, layout: &NodeLayout, rt: &Runtime) -> Vec<String> {
+pub fn jvm_args(
+    config: &Config,
+    layout: &NodeLayout,
+    rt: &Runtime,
+    sharing: &super::cds::Sharing,
+) -> Vec<String> {
     let n = &config.node;
     let heap_mib = n.heap.as_u64() / (1024 * 1024);
     let mut args: Vec<String> = JVM_SERVER_OPTS.iter().map(|s| s.to_string()).collect();
@@ -372,14 +377,17 @@ pub fn jvm_args(config: &Config, layout: &NodeLayout, rt: &Runtime) -> Vec<Strin
     if let Some(dead) = n.replace_address {
         args.push(format!("-Dcassandra.replace_address_first_boot={dead}"));
     }
+    args.extend(sharing.jvm_options());
     args.extend(config.cassandra.jvm_opts.iter().cloned());
-    // The conf dir first on the classpath: GossipingPropertyFileSnitch reads
-    // cassandra-rackdc.properties from there.
+    // The jars first, as a class archive was dumped with them alone (the JVM
+    // maps one only for a class path that starts with its own); then the conf
+    // dir, from which GossipingPropertyFileSnitch reads
+    // cassandra-rackdc.properties (no jar has one).
     args.push("-cp".into());
     args.push(format!(
-        "{}:{}/*",
-        layout.conf.display(),
-        rt.lib_dir.display()
+        "{}/*:{}",
+        rt.lib_dir.display(),
+        layout.conf.display()
     ));
     args.push("org.apache.cassandra.service.CassandraDaemon".into());
     args
@@ -411,7 +419,12 @@ pub fn launch_line(config: &Config) -> anyhow::Result<String> {
         "MALLOC_ARENA_MAX=4".to_string(),
         rt.java.display().to_string(),
     ];
-    words.extend(jvm_args(config, &layout, &rt));
+    // An archive there is mapped; none is recorded by a line run by hand.
+    let sharing = match super::cds::sharing_for(config, &rt).0 {
+        use_it @ super::cds::Sharing::Use(_) => use_it,
+        _ => super::cds::Sharing::Off,
+    };
+    words.extend(jvm_args(config, &layout, &rt, &sharing));
     Ok(shell_words::join(words))
 }
 
@@ -497,14 +510,15 @@ mod tests {
             lib_dir: "/cache/lib".into(),
             jolokia_agent: "/cache/jolokia.jar".into(),
         };
-        let args = jvm_args(&c, &layout, &rt);
+        use super::super::cds::Sharing;
+        let args = jvm_args(&c, &layout, &rt, &Sharing::Off);
         for expected in [
             "-Xmx512M",
             "-Dcassandra.jmx.local.port=7300",
             "-javaagent:/cache/jolokia.jar=host=127.0.0.1,port=8800",
             "-Dcassandra.config=file:///srv/n1/conf/cassandra.yaml",
             "-Dcassandra.replace_address_first_boot=127.0.0.9",
-            "/srv/n1/conf:/cache/lib/*",
+            "/cache/lib/*:/srv/n1/conf",
         ] {
             assert!(args.iter().any(|a| a == expected), "missing {expected}");
         }
@@ -512,5 +526,17 @@ mod tests {
             args.last().unwrap(),
             "org.apache.cassandra.service.CassandraDaemon"
         );
+        assert!(!args
+            .iter()
+            .any(|a| a.contains("SharedArchiveFile") || a.contains("DumpLoadedClassList")));
+        let mapped = jvm_args(&c, &layout, &rt, &Sharing::Use("/cds/k.jsa".into()));
+        assert!(mapped.contains(&"-XX:SharedArchiveFile=/cds/k.jsa".to_string()));
+        let recorded = jvm_args(
+            &c,
+            &layout,
+            &rt,
+            &Sharing::Record("/cds/k.1.classlist".into()),
+        );
+        assert!(recorded.contains(&"-XX:DumpLoadedClassList=/cds/k.1.classlist".to_string()));
     }
 }

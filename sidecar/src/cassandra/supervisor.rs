@@ -271,8 +271,9 @@ impl Task {
             .create(true)
             .append(true)
             .open(self.layout.stdout_log())?;
+        let (sharing, archive) = super::cds::sharing_for(&self.config, &rt);
         let mut cmd = Command::new(&rt.java);
-        cmd.args(jvm_args(&self.config, &self.layout, &rt))
+        cmd.args(jvm_args(&self.config, &self.layout, &rt, &sharing))
             .current_dir(&self.layout.root)
             // Fewer glibc malloc arenas: RSS otherwise grows with thread count.
             .env("MALLOC_ARENA_MAX", "4")
@@ -283,7 +284,12 @@ impl Task {
             // which then drains and stops the JVM in order.
             .process_group(0);
         die_with_parent(&mut cmd);
-        Ok(cmd.spawn()?)
+        let child = cmd.spawn()?;
+        if let (super::cds::Sharing::Record(list), Some(archive)) = (sharing, archive) {
+            let heap_mib = self.config.node.heap.as_u64() / (1024 * 1024);
+            tokio::spawn(archive.build_from(list, rt.java.clone(), rt.lib_dir.clone(), heap_mib));
+        }
+        Ok(child)
     }
 
     fn on_exit(&mut self, exit: std::io::Result<std::process::ExitStatus>) {
