@@ -119,13 +119,13 @@ impl ClassArchive {
     /// record a list for it (unless building one failed before, or the
     /// directory cannot be written).
     pub fn sharing(&self) -> Sharing {
+        self.remove_stale_lists();
         if self.archive().is_file() {
             return Sharing::Use(self.archive());
         }
         if self.failed().exists() || std::fs::create_dir_all(&self.dir).is_err() {
             return Sharing::Off;
         }
-        self.remove_stale_lists();
         Sharing::Record(self.dir.join(format!(
             "{}.{}.classlist",
             self.key,
@@ -134,7 +134,8 @@ impl ClassArchive {
     }
 
     /// Removes the lists of starts whose sidecar stopped before it built the
-    /// archive from them (older than any recording can last).
+    /// archive from them (older than any recording can last), also once an
+    /// archive exists.
     fn remove_stale_lists(&self) {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return;
@@ -330,7 +331,14 @@ mod tests {
         assert!(!list.exists(), "a stale list is removed");
         assert!(other.exists(), "a recent list is kept");
         std::fs::write(archive.archive(), "archive").unwrap();
+        let old = std::fs::File::options().write(true).open(&other).unwrap();
+        old.set_modified(std::time::SystemTime::now() - RECORD_AT_MOST * 3)
+            .unwrap();
         assert_eq!(archive.sharing(), Sharing::Use(archive.archive()));
+        assert!(
+            !other.exists(),
+            "stale lists go once the archive exists too"
+        );
         std::fs::remove_file(archive.archive()).unwrap();
         std::fs::write(archive.failed(), "dump failed").unwrap();
         assert_eq!(archive.sharing(), Sharing::Off);
