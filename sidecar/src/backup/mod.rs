@@ -209,9 +209,11 @@ impl Backups {
         let b = &config.backup;
         let settings = StoreSettings {
             concurrency: b.concurrency,
-            // A filesystem store streams; on S3 each large upload holds its parts.
+            // A filesystem store streams; on S3 an upload that is not streamed
+            // holds its object (up to a part) or its parts in memory: those of
+            // files from BUFFERED_ALONE up go one at a time.
             large_concurrency: if store.is_s3() { 1 } else { b.concurrency },
-            large_file: b.s3.part_size.as_u64(),
+            large_file: BUFFERED_ALONE.min(b.s3.part_size.as_u64()),
             zstd_level: b.zstd_level,
             compress_compressed_data: b.compress_compressed_data,
             throttle: Throttle::new(Some(b.rate_limit.as_u64())),
@@ -708,6 +710,11 @@ fn cassandra_error(what: &str, e: JolokiaError) -> BackupError {
 }
 
 /// Where the sidecar keeps its own state (the upload journal).
+/// Files at least this large that S3 takes from memory (zstd-compressed, or
+/// above `multipart_threshold`) are uploaded one at a time: four such files
+/// just under a part would otherwise hold four parts' worth of memory.
+const BUFFERED_ALONE: u64 = 1024 * 1024;
+
 pub fn state_dir(config: &Config) -> PathBuf {
     config.node.data_dir.join("anchises")
 }
