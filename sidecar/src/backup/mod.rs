@@ -709,12 +709,12 @@ fn cassandra_error(what: &str, e: JolokiaError) -> BackupError {
     BackupError::Invalid(format!("{what} failed: {}", NodeError::from(e)))
 }
 
-/// Where the sidecar keeps its own state (the upload journal).
 /// Files at least this large that S3 takes from memory (zstd-compressed, or
 /// above `multipart_threshold`) are uploaded one at a time: four such files
 /// just under a part would otherwise hold four parts' worth of memory.
 const BUFFERED_ALONE: u64 = 1024 * 1024;
 
+/// Where the sidecar keeps its own state (the upload journal).
 pub fn state_dir(config: &Config) -> PathBuf {
     config.node.data_dir.join("anchises")
 }

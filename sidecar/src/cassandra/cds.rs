@@ -15,7 +15,6 @@
 //! <dir>/<key>.failed              why the archive could not be built (delete to retry)
 //! ```
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -249,15 +248,6 @@ pub fn sharing_for(config: &Config, rt: &Runtime) -> (Sharing, Option<ClassArchi
             (Sharing::Off, None)
         }
     }
-}
-
-/// Whether process `pid` has `archive` mapped: the JVM accepted it.
-pub fn is_mapped(pid: u32, archive: &Path) -> bool {
-    let mut maps = String::new();
-    std::fs::File::open(format!("/proc/{pid}/maps"))
-        .and_then(|mut f| f.read_to_string(&mut maps))
-        .is_ok()
-        && maps.contains(&archive.display().to_string())
 }
 
 #[cfg(test)]
