@@ -531,11 +531,17 @@ impl ClusterBackups {
     /// finishes those whose finisher went silent.
     pub async fn watch(self: Arc<Self>, backups: Arc<Backups>, stop: CancellationToken) {
         loop {
-            if let Err(e) = self.pick_up(&backups).await {
-                tracing::warn!(error = %e, "cannot check for cluster backup requests");
-            }
-            if let Err(e) = self.finish_abandoned(backups.slot()).await {
-                tracing::warn!(error = %e, "cannot check for abandoned cluster backups");
+            // One listing and one read of each request serve both.
+            match self.requests().await {
+                Ok(requests) => {
+                    if let Err(e) = self.pick_up(&backups, &requests).await {
+                        tracing::warn!(error = %e, "cannot check for cluster backup requests");
+                    }
+                    if let Err(e) = self.finish_abandoned(backups.slot(), &requests).await {
+                        tracing::warn!(error = %e, "cannot check for abandoned cluster backups");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot read the cluster backup requests"),
             }
             tokio::select! {
                 _ = tokio::time::sleep(POLL) => {}
@@ -544,13 +550,26 @@ impl ClusterBackups {
         }
     }
 
-    async fn pick_up(&self, backups: &Arc<Backups>) -> Result<(), BackupError> {
+    /// The cluster backup requests in the store.
+    async fn requests(&self) -> Result<Vec<Request>, BackupError> {
         let prefix = format!("{}/backups/requests/", self.cluster);
-        let me = backups.slot().clone();
+        let mut requests = Vec::new();
         for object in self.store.list(&prefix).await? {
-            let Some(request) = get_json::<Request>(&self.store, &object.key).await? else {
-                continue;
-            };
+            // Gone since the listing: finished meanwhile.
+            if let Some(request) = get_json::<Request>(&self.store, &object.key).await? {
+                requests.push(request);
+            }
+        }
+        Ok(requests)
+    }
+
+    async fn pick_up(
+        &self,
+        backups: &Arc<Backups>,
+        requests: &[Request],
+    ) -> Result<(), BackupError> {
+        let me = backups.slot().clone();
+        for request in requests {
             let id = request.backup_id.clone();
             if OffsetDateTime::now_utc() - request.requested_at > REQUEST_TTL
                 || !request.nodes.iter().any(|n| n.slot == me)
@@ -606,18 +625,16 @@ impl ClusterBackups {
         }
         Ok(())
     }
-}
 
-impl ClusterBackups {
     /// Finishes, as `me`, every request whose finisher has said nothing for
     /// [`SILENT_AFTER`] (or that never had one) and that awaits no part any
     /// more: its index says what each node's status says.
-    async fn finish_abandoned(&self, me: &SlotRef) -> Result<(), BackupError> {
-        let prefix = format!("{}/backups/requests/", self.cluster);
-        for object in self.store.list(&prefix).await? {
-            let Some(request) = get_json::<Request>(&self.store, &object.key).await? else {
-                continue;
-            };
+    async fn finish_abandoned(
+        &self,
+        me: &SlotRef,
+        requests: &[Request],
+    ) -> Result<(), BackupError> {
+        for request in requests {
             let id = &request.backup_id;
             let finisher = anchises_topology::cas::get_json::<Finisher>(
                 self.coordination.as_ref(),
@@ -648,7 +665,7 @@ impl ClusterBackups {
                 silent = silent.as_deref().unwrap_or("none"),
                 "the node collecting this cluster backup's outcome went silent: this node writes its index"
             );
-            match self.finish(&request, statuses, &held).await {
+            match self.finish(request, statuses, &held).await {
                 Ok(_) => tracing::info!(backup = %id, "cluster backup finished, complete"),
                 Err(e) => tracing::warn!(backup = %id, error = %e, "cluster backup finished"),
             }
@@ -803,6 +820,14 @@ mod tests {
                 .unwrap()
         }
 
+        async fn finish_abandoned(&self) {
+            let requests = self.backups.requests().await.unwrap();
+            self.backups
+                .finish_abandoned(&self.me, &requests)
+                .await
+                .unwrap();
+        }
+
         async fn index(&self) -> Option<ClusterIndex> {
             anchises_backup::catalog::Catalog::new(self.backups.store.clone())
                 .cluster_index("c1", &self.request.backup_id)
@@ -826,7 +851,7 @@ mod tests {
         let silent = SILENT_AFTER + Duration::from_secs(30);
         let fx = Abandoned::new(silent).await;
         let held = fx.finisher_heard(silent).await;
-        fx.backups.finish_abandoned(&fx.me).await.unwrap();
+        fx.finish_abandoned().await;
         let index = fx.index().await.expect("an index was written");
         assert!(!index.complete);
         assert_eq!(index.nodes[0].state, NodeBackupState::Done);
@@ -862,19 +887,19 @@ mod tests {
         // The finisher was heard of a heartbeat ago.
         let fx = Abandoned::new(silent).await;
         fx.finisher_heard(HEARTBEAT).await;
-        fx.backups.finish_abandoned(&fx.me).await.unwrap();
+        fx.finish_abandoned().await;
         assert!(fx.index().await.is_none());
         assert!(fx.request_left().await);
         // The finisher is silent, but node b reported a heartbeat ago.
         let fx = Abandoned::new(HEARTBEAT).await;
         fx.finisher_heard(silent).await;
-        fx.backups.finish_abandoned(&fx.me).await.unwrap();
+        fx.finish_abandoned().await;
         assert!(fx.index().await.is_none());
         assert!(fx.request_left().await);
         // No finisher record at all (a request older than the records, or
         // one whose finisher died while finishing): the request's age counts.
         let fx = Abandoned::new(silent).await;
-        fx.backups.finish_abandoned(&fx.me).await.unwrap();
+        fx.finish_abandoned().await;
         assert!(fx.index().await.is_some());
         assert!(!fx.request_left().await);
     }
