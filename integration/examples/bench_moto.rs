@@ -38,15 +38,8 @@ fn files(dir: &Path) -> Vec<PathBuf> {
     (0..FILES)
         .map(|i| {
             let path = dir.join(format!("file-{i}"));
-            let mut state = 0x9e37_79b9_7f4a_7c15u64 ^ i as u64;
-            let data: Vec<u8> = (0..FILE_SIZE)
-                .map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    state as u8
-                })
-                .collect();
+            let mut data = vec![0u8; FILE_SIZE];
+            rand::RngCore::fill_bytes(&mut rand::rng(), &mut data);
             std::fs::write(&path, data).expect("write a bench file");
             path
         })
