@@ -547,24 +547,9 @@ impl Restores {
         let id = continues.unwrap_or_else(new_id);
         let dir = self.root().join(&id);
         let saved = {
-            // Under the lock a discard sets a directory aside with: a restore
-            // discarded while this request was planned is not brought back
-            // half (its imported tables forgotten).
+            // Under the lock a discard sets a directory aside with.
             let _runs = self.runs.lock().expect("runs lock");
-            let existing = read_state(&dir);
-            if continued && existing.is_none() {
-                return Err(StartError::Busy(format!(
-                    "restore {id} was deleted while this request was planned: make the request again"
-                )));
-            }
-            let mut saved = existing.unwrap_or_default();
-            saved.request = req.clone();
-            saved.started_at.get_or_insert_with(OffsetDateTime::now_utc);
-            saved.cluster_part = cluster_part;
-            saved.base = Some(plan.base.clone());
-            write_state(&dir, &saved)
-                .map_err(|e| StartError::Invalid(format!("cannot write the restore state: {e}")))?;
-            saved
+            claim_state(&dir, &id, continued, cluster_part, &req, &plan.base)?
         };
         let shared = Arc::new(Mutex::new(Shared {
             phase: "stage".into(),
@@ -1082,6 +1067,35 @@ fn space_blocker(dir: &Path, to_stage: u64, min_free: u64) -> Option<String> {
             bytesize::ByteSize::b(min_free)
         )
     })
+}
+
+/// Saves the state of restore `id` in `dir` as it starts: its request,
+/// base backup and start time, keeping what an earlier run of it saved.
+/// When it `continued` an unfinished restore whose directory a discard set
+/// aside meanwhile, nothing is written and the request gets 409: the
+/// restore is not brought back half (its imported tables forgotten).
+fn claim_state(
+    dir: &Path,
+    id: &str,
+    continued: bool,
+    cluster_part: bool,
+    req: &CreateRestore,
+    base: &BackupId,
+) -> Result<SavedState, StartError> {
+    let existing = read_state(dir);
+    if continued && existing.is_none() {
+        return Err(StartError::Busy(format!(
+            "restore {id} was deleted while this request was planned: make the request again"
+        )));
+    }
+    let mut saved = existing.unwrap_or_default();
+    saved.request = req.clone();
+    saved.started_at.get_or_insert_with(OffsetDateTime::now_utc);
+    saved.cluster_part = cluster_part;
+    saved.base = Some(base.clone());
+    write_state(dir, &saved)
+        .map_err(|e| StartError::Invalid(format!("cannot write the restore state: {e}")))?;
+    Ok(saved)
 }
 
 /// What [`Restores::discard`] did.
@@ -1696,6 +1710,49 @@ mod tests {
     fn write(path: &Path, bytes: usize) {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, vec![7u8; bytes]).unwrap();
+    }
+
+    #[test]
+    fn a_resume_whose_restore_was_discarded_while_it_was_planned_is_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let root = root.path();
+        let base = BackupId::parse("20261126T030000Z-1a2b3c").unwrap();
+        let request = CreateRestore {
+            keyspaces: vec!["shop".into()],
+            ..CreateRestore::default()
+        };
+        let interrupted = SavedState {
+            request: request.clone(),
+            imported: vec!["shop.items".into()],
+            started_at: Some(OffsetDateTime::now_utc() - time::Duration::hours(1)),
+            ..SavedState::default()
+        };
+        write_state(&root.join("r1"), &interrupted).unwrap();
+
+        // Continued while its state is there: what it imported is kept.
+        let saved = claim_state(&root.join("r1"), "r1", true, false, &request, &base).unwrap();
+        assert_eq!(saved.imported, ["shop.items"]);
+        assert_eq!(saved.started_at, interrupted.started_at);
+        assert_eq!(
+            read_state(&root.join("r1")).unwrap().base,
+            Some(base.clone())
+        );
+
+        // A DELETE sets the directory aside between the resume's plan and its
+        // claim: the resume gets 409 and writes nothing back.
+        let aside = set_aside(root, "r1").unwrap().expect("r1 is a restore");
+        let refused = claim_state(&root.join("r1"), "r1", true, false, &request, &base);
+        match refused {
+            Err(StartError::Busy(m)) => assert!(m.contains("r1 was deleted"), "{m}"),
+            other => panic!("expected 409, got {other:?}"),
+        }
+        assert!(!root.join("r1").exists());
+        assert!(aside.join("state.json").is_file());
+
+        // A new restore (not a continuation) starts afresh under a new id.
+        let fresh = claim_state(&root.join("r2"), "r2", false, false, &request, &base).unwrap();
+        assert!(fresh.imported.is_empty());
+        assert!(root.join("r2/state.json").is_file());
     }
 
     #[tokio::test]
