@@ -125,8 +125,8 @@ pub struct StoreSettings {
     /// Files uploaded at once.
     pub concurrency: usize,
     /// Files of at least `large_file` bytes uploaded at once when the store
-    /// buffers their parts (S3 multipart uploads; keep this low to bound
-    /// memory). Files the store streams in one request do not count.
+    /// buffers them (compressed files to S3; keep this low to bound memory).
+    /// Files that stream from disk do not count.
     pub large_concurrency: usize,
     pub large_file: u64,
     pub zstd_level: i32,
@@ -447,10 +447,8 @@ impl FileStorer<'_> {
         let key = self
             .slot
             .sstable_key(&file.keyspace, &file.table_dir, &object)?;
-        // A large file holds the store's part buffers, unless the store takes
-        // it as one streamed request.
-        let _permit = if file.size >= self.settings.large_file
-            && !streamed(self.store, compression, file.size)
+        // A large file holds the store's part buffers, unless it streams.
+        let _permit = if file.size >= self.settings.large_file && !streamed(self.store, compression)
         {
             Some(large.acquire().await.expect("never closed"))
         } else {

@@ -8,6 +8,7 @@
 //! file that changes size or vanishes while it is read fails the upload; the
 //! object the store may have received is never named by a manifest.
 
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,6 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use async_speed_limit::Limiter;
 use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::io::{StreamReader, SyncIoBridge};
@@ -96,8 +98,12 @@ pub async fn upload_file(
             source,
         })?
         .len();
-    if streamed(store, compression, size) {
-        return upload_streamed(store, key, path, size, throttle, progress).await;
+    if compression == Compression::None && store.is_s3() {
+        return if store.streams_put(size) {
+            upload_streamed(store, key, path, size, throttle, progress).await
+        } else {
+            upload_ranges(store, key, path, throttle, progress).await
+        };
     }
     // An upper bound of what is stored (zstd's worst case adds well under 1 %),
     // so that the store can size multipart parts for a huge file.
@@ -156,10 +162,129 @@ async fn upload_streamed(
     finish_upload(path, put, read)
 }
 
-/// Whether [`upload_file`] sends a file of `size` bytes stored with
-/// `compression` as one streamed request (no part buffers).
-pub fn streamed(store: &ObjectStore, compression: Compression, size: u64) -> bool {
-    compression == Compression::None && store.streams_put(size)
+/// [`upload_file`] of a raw file that S3 takes in parts: the parts stream
+/// their ranges of the file, opened once, while a blocking thread hashes it
+/// from start to end. Several parts go up at once, and no part is held in
+/// memory. Progress counts what the parts sent; a part sent again counts
+/// once.
+async fn upload_ranges(
+    store: &ObjectStore,
+    key: &ObjectKey,
+    path: &Path,
+    throttle: &Throttle,
+    progress: Option<Arc<AtomicU64>>,
+) -> Result<Uploaded, BackupError> {
+    let file_error = |source| BackupError::File {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = Arc::new(std::fs::File::open(path).map_err(file_error)?);
+    let size = file.metadata().map_err(file_error)?.len();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hashing = {
+        let (file, stop) = (file.clone(), stop.clone());
+        tokio::task::spawn_blocking(move || hash_open_file(&file, size, &stop))
+    };
+    // Bytes each part's latest attempt counted, by offset.
+    let counted: Arc<Mutex<HashMap<u64, Arc<AtomicU64>>>> = Arc::default();
+    let throttle = throttle.clone();
+    let put = store
+        .put_ranges(key, size, move |offset, len| {
+            let attempt = Arc::new(AtomicU64::new(0));
+            let earlier = counted
+                .lock()
+                .expect("counted lock")
+                .insert(offset, attempt.clone());
+            let progress = progress.clone();
+            if let (Some(p), Some(earlier)) = (&progress, earlier) {
+                p.fetch_sub(earlier.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
+            let throttle = throttle.clone();
+            let chunks = crate::store::file_range(file.clone(), offset, len).then(move |chunk| {
+                let (throttle, attempt, progress) =
+                    (throttle.clone(), attempt.clone(), progress.clone());
+                async move {
+                    if let Ok(chunk) = &chunk {
+                        throttle.consume(chunk.len()).await;
+                        attempt.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                        if let Some(p) = &progress {
+                            p.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                        }
+                    }
+                    chunk
+                }
+            });
+            std::future::ready(chunks)
+        })
+        .await;
+    if put.is_err() {
+        stop.store(true, Ordering::Relaxed);
+    }
+    let hashed = hashing
+        .await
+        .map_err(|e| BackupError::Internal(format!("hash thread: {e}")))?;
+    // As a streamed upload's reader: a file that vanished or changed
+    // meanwhile fails the upload, and says so (also when the upload failed
+    // first, reading past the file's new end).
+    let read = match std::fs::metadata(path) {
+        Err(e) => Err(e),
+        Ok(now) if now.len() != size => Err(io::Error::other(format!(
+            "changed while being read: {size} bytes at open, {} now",
+            now.len()
+        ))),
+        Ok(_) => hashed.map(|(hash, total)| (hash, total, total)),
+    };
+    finish_upload(path, put, read)
+}
+
+/// BLAKE3 of an open file of `expected` bytes, read from its start; stops
+/// (with an error) once `stop` is set.
+fn hash_open_file(
+    file: &std::fs::File,
+    expected: u64,
+    stop: &std::sync::atomic::AtomicBool,
+) -> io::Result<(blake3::Hash, u64)> {
+    use std::os::unix::fs::FileExt;
+    let mut hasher = blake3::Hasher::new();
+    let mut buffer = vec![0u8; CHUNK];
+    let mut total = 0u64;
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the upload stopped",
+            ));
+        }
+        let n = match file.read_at(&mut buffer, total) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+        total += n as u64;
+        if total > expected {
+            return Err(io::Error::other(format!(
+                "changed while being read: grew past the {expected} bytes it had at open"
+            )));
+        }
+    }
+    if total != expected {
+        return Err(io::Error::other(format!(
+            "changed while being read: {expected} bytes at open, {total} read"
+        )));
+    }
+    Ok((hasher.finalize(), total))
+}
+
+/// Whether [`upload_file`] streams a file stored with `compression` from
+/// disk, holding no part in memory: a raw file (one streamed request, or
+/// parts streaming their ranges), and anything on the filesystem. A
+/// compressed one goes to S3 from memory, part by part.
+pub fn streamed(store: &ObjectStore, compression: Compression) -> bool {
+    compression == Compression::None || !store.is_s3()
 }
 
 /// Starts the thread that reads `path` (see [`read_file`]); returns it and

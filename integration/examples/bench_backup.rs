@@ -1159,10 +1159,14 @@ async fn main() {
         }
     }
     let snapshot_bytes: u64 = snapshot_files.iter().map(|(_, n)| n).sum();
+    // Files above the S3 multipart threshold (512 MiB by default) go up in
+    // parts: whether the load made one changes the S3 rows.
+    let largest = snapshot_files.iter().map(|(_, n)| *n).max().unwrap_or(0);
     println!(
-        "snapshot {tag}: {} files, {:.1} MB",
+        "snapshot {tag}: {} files, {:.1} MB; largest {:.1} MiB",
         snapshot_files.len(),
-        snapshot_bytes as f64 / 1e6
+        snapshot_bytes as f64 / 1e6,
+        largest as f64 / (1024.0 * 1024.0)
     );
 
     let mut results = Vec::new();

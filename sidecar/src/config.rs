@@ -221,7 +221,8 @@ pub struct S3Settings {
     /// Multipart part size (at least 5 MiB).
     pub part_size: ByteSize,
     /// Files up to this size that are stored raw go up as one streaming
-    /// PutObject; larger ones as multipart uploads (at most 5 GiB).
+    /// PutObject (at most 5 GiB); larger ones as multipart uploads whose
+    /// parts stream their ranges of the file.
     pub multipart_threshold: ByteSize,
     /// Parts of one upload in flight.
     pub upload_concurrency: usize,

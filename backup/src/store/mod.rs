@@ -25,9 +25,8 @@ use std::sync::Arc;
 
 use anchises_topology::{CasStore, FsCasStore};
 use bytes::Bytes;
-use futures::future::Either;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio_util::io::{ReaderStream, StreamReader};
+use tokio_util::io::StreamReader;
 use tokio_util::sync::CancellationToken;
 
 pub use cas::S3CasStore;
@@ -195,7 +194,7 @@ impl ObjectStore {
                     .run("put", key.as_str(), || fs.put_file(key, path))
                     .await
             }
-            Backend::S3(s3) => {
+            Backend::S3(_) => {
                 let open_error = |e: std::io::Error| {
                     StoreError::permanent(
                         "put",
@@ -203,21 +202,41 @@ impl ObjectStore {
                         format!("cannot open {}: {e}", path.display()),
                     )
                 };
-                let mut file = tokio::fs::File::open(path).await.map_err(open_error)?;
-                let size = file.metadata().await.map_err(open_error)?.len();
-                if self.streams_put(size) {
-                    // Each attempt opens the file again.
-                    let open = || async move {
-                        match tokio::fs::File::open(path).await {
-                            Ok(file) => Either::Left(ReaderStream::with_capacity(file, 256 * 1024)),
-                            Err(e) => Either::Right(futures::stream::once(async { Err(e) })),
-                        }
-                    };
-                    return self.put_stream(key, size, open).await.map(|()| size);
-                }
-                let part_size = multipart::part_size_for(s3.part_size, Some(size));
-                multipart::upload(s3, &self.attempts, key, &mut file, part_size).await
+                let file = std::fs::File::open(path).map_err(open_error)?;
+                let size = file.metadata().map_err(open_error)?.len();
+                let file = Arc::new(file);
+                self.put_ranges(key, size, move |offset, len| {
+                    std::future::ready(file_range(file.clone(), offset, len))
+                })
+                .await?;
+                Ok(size)
             }
+        }
+    }
+
+    /// Uploads an object of exactly `size` bytes from a source that can be
+    /// read again: `body(offset, len)` streams that range of it. S3 takes it
+    /// as one streamed PutObject up to `multipart_threshold` (see
+    /// [`ObjectStore::streams_put`]), else in parts that each stream their
+    /// range, several at a time; each attempt calls `body` again. Nothing is
+    /// buffered but the streams' chunks. The filesystem takes `body(0, size)`.
+    pub async fn put_ranges<F, Fut, S>(
+        &self,
+        key: &ObjectKey,
+        size: u64,
+        body: F,
+    ) -> Result<(), StoreError>
+    where
+        F: Fn(u64, u64) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = S> + Send,
+        S: futures::Stream<Item = std::io::Result<Bytes>> + Send + Sync + 'static,
+    {
+        match &self.backend {
+            Backend::S3(s3) if !self.streams_put(size) => {
+                let part_size = multipart::part_size_for(s3.part_size, Some(size));
+                multipart::upload_ranges(s3, &self.attempts, key, size, part_size, body).await
+            }
+            _ => self.put_stream(key, size, || body(0, size)).await,
         }
     }
 
@@ -509,4 +528,40 @@ impl Download {
         writer.flush().await.map_err(write_error)?;
         Ok(size)
     }
+}
+/// Bytes read from a file at a time by [`file_range`].
+const RANGE_CHUNK: usize = 256 * 1024;
+
+/// The bytes `offset..offset + len` of `file`, read on the blocking pool in
+/// chunks of 256 KiB, one at a time; a file that has become shorter ends the
+/// stream with an error. Ranges of one open file read independently, so
+/// several can stream at once (and again, for a retry).
+pub fn file_range(
+    file: Arc<std::fs::File>,
+    offset: u64,
+    len: u64,
+) -> impl futures::Stream<Item = std::io::Result<Bytes>> + Send + Sync + 'static {
+    use std::os::unix::fs::FileExt;
+    futures::stream::try_unfold((file, offset, offset + len), |(file, at, end)| async move {
+        if at >= end {
+            return Ok(None);
+        }
+        let n = (end - at).min(RANGE_CHUNK as u64) as usize;
+        let (file, chunk) = tokio::task::spawn_blocking(move || {
+            let mut chunk = bytes::BytesMut::zeroed(n);
+            file.read_exact_at(&mut chunk, at).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                    std::io::Error::other(format!(
+                        "changed while being read: shorter than the {end} bytes it had"
+                    ))
+                } else {
+                    e
+                }
+            })?;
+            Ok::<_, std::io::Error>((file, chunk.freeze()))
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        Ok(Some((chunk, (file, at + n as u64, end))))
+    })
 }

@@ -1,15 +1,23 @@
-//! Streaming uploads to S3: one PutObject for an object that fits in a part,
-//! otherwise a multipart upload whose parts go up in parallel.
+//! Multipart uploads to S3, whose parts go up in parallel, from one of two
+//! sources.
 //!
-//! Memory stays bounded: at most `upload_concurrency` parts are in flight and
-//! one more is being read, each `part_size` bytes. Each part is its own retried
-//! request (the body is in memory, so a retry is cheap and exact); the reader is
-//! never re-read. If anything fails the upload is aborted so S3 does not keep
-//! (and bill) the orphaned parts. S3 allows at most 10,000 parts, so for a file
-//! of known size the part size grows to fit it.
+//! - A reader ([`upload`]), read once: at most `upload_concurrency` parts are
+//!   in flight and one more is being read, each `part_size` bytes in memory;
+//!   a part is retried from memory. An object that fits in a part is one
+//!   PutObject.
+//! - Ranges of a source that can be read again ([`upload_ranges`], a file):
+//!   each attempt of a part streams its range, so memory is that of the
+//!   streams, whatever the part size.
+//!
+//! If anything fails the upload is aborted so S3 does not keep (and bill) the
+//! orphaned parts. S3 allows at most 10,000 parts, so for an object of known
+//! size the part size grows to fit it.
+
+use std::future::Future;
 
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
+use futures::Stream;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::task::JoinSet;
 
@@ -50,8 +58,107 @@ where
             .await?;
         return Ok(size);
     }
+    let upload_id = create(s3, attempts, key).await?;
+    let result = upload_parts(s3, attempts, key, &upload_id, first, reader, part_size).await;
+    let result = match result {
+        Ok((parts, size)) => complete(s3, attempts, key, &upload_id, parts, size)
+            .await
+            .map(|()| size),
+        Err(error) => Err(error),
+    };
+    if result.is_err() {
+        abort(s3, key, &upload_id).await;
+    }
+    result
+}
+
+/// Uploads the `size` bytes of a source that can be read again in parts of
+/// `part_size`: each attempt of the part at `offset` of `len` bytes sends
+/// the stream `body(offset, len)` returns.
+pub(crate) async fn upload_ranges<F, Fut, S>(
+    s3: &S3Backend,
+    attempts: &Attempts,
+    key: &ObjectKey,
+    size: u64,
+    part_size: u64,
+    body: F,
+) -> Result<(), StoreError>
+where
+    F: Fn(u64, u64) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = S> + Send,
+    S: Stream<Item = std::io::Result<Bytes>> + Send + Sync + 'static,
+{
+    let parts = size.div_ceil(part_size);
+    if parts > MAX_PARTS {
+        return Err(StoreError::permanent(
+            "put",
+            key.as_str(),
+            format!("object exceeds s3's 10,000 parts of {part_size} bytes"),
+        ));
+    }
+    let upload_id = create(s3, attempts, key).await?;
+    let mut in_flight = JoinSet::new();
+    let mut completed = Vec::new();
+    let mut number = 0u64;
+    let result = loop {
+        while in_flight.len() < s3.upload_concurrency && number < parts {
+            let offset = number * part_size;
+            number += 1;
+            let len = part_size.min(size - offset);
+            let task = (
+                s3.clone(),
+                attempts.clone(),
+                key.clone(),
+                upload_id.clone(),
+                body.clone(),
+            );
+            in_flight.spawn(async move {
+                let (s3, attempts, key, upload_id, body) = task;
+                let full_key = s3.full_key(&key);
+                attempts
+                    .run("put part", key.as_str(), || async {
+                        let stream = body(offset, len).await;
+                        s3.upload_part_stream(&key, &full_key, &upload_id, number, len, stream)
+                            .await
+                    })
+                    .await
+            });
+        }
+        match in_flight.join_next().await {
+            None => break Ok(()),
+            Some(Ok(Ok(part))) => completed.push(part),
+            Some(Ok(Err(error))) => break Err(error),
+            Some(Err(e)) => {
+                break Err(StoreError::permanent(
+                    "put",
+                    key.as_str(),
+                    format!("upload task failed: {e}"),
+                ))
+            }
+        }
+    };
+    // The parts still in flight stop before the upload is aborted.
+    in_flight.shutdown().await;
+    let result = match result {
+        Ok(()) => {
+            completed.sort_by_key(|p| p.part_number);
+            complete(s3, attempts, key, &upload_id, completed, size).await
+        }
+        Err(error) => Err(error),
+    };
+    if result.is_err() {
+        abort(s3, key, &upload_id).await;
+    }
+    result
+}
+
+async fn create(
+    s3: &S3Backend,
+    attempts: &Attempts,
+    key: &ObjectKey,
+) -> Result<String, StoreError> {
     let full_key = s3.full_key(key);
-    let upload_id = attempts
+    attempts
         .run("put", key.as_str(), || async {
             let output = s3
                 .client
@@ -65,30 +172,23 @@ where
                 StoreError::permanent("put", key.as_str(), "no upload id in the response")
             })
         })
-        .await?;
-    let result = upload_parts(s3, attempts, key, &upload_id, first, reader, part_size).await;
-    let result = match result {
-        Ok((parts, size)) => complete(s3, attempts, key, &upload_id, parts, size)
-            .await
-            .map(|()| size),
-        Err(error) => Err(error),
-    };
-    if result.is_err() {
-        // One attempt, outside the retry layer: a failed abort only leaves parts
-        // for the bucket's lifecycle rule to clean up.
-        let aborted = s3
-            .client
-            .abort_multipart_upload()
-            .bucket(&s3.bucket)
-            .key(&full_key)
-            .upload_id(&upload_id)
-            .send()
-            .await;
-        if let Err(error) = aborted {
-            tracing::warn!(key = %key, error = %classify("abort", key.as_str(), error), "abort of a failed multipart upload failed");
-        }
+        .await
+}
+
+/// One attempt, outside the retry layer: a failed abort only leaves parts
+/// for the bucket's lifecycle rule to clean up.
+async fn abort(s3: &S3Backend, key: &ObjectKey, upload_id: &str) {
+    let aborted = s3
+        .client
+        .abort_multipart_upload()
+        .bucket(&s3.bucket)
+        .key(s3.full_key(key))
+        .upload_id(upload_id)
+        .send()
+        .await;
+    if let Err(error) = aborted {
+        tracing::warn!(key = %key, error = %classify("abort", key.as_str(), error), "abort of a failed multipart upload failed");
     }
-    result
 }
 
 async fn upload_parts<R>(

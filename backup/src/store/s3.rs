@@ -18,7 +18,7 @@ use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, RequestChecksumCalculation};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+use aws_sdk_s3::types::{CompletedPart, Delete, ObjectIdentifier};
 use aws_sdk_s3::Client;
 use aws_smithy_http_client::tls;
 use bytes::Bytes;
@@ -232,17 +232,48 @@ impl S3Backend {
     where
         S: Stream<Item = std::io::Result<Bytes>> + Send + Sync + 'static,
     {
-        let body = http_body_util::StreamBody::new(body.map(|chunk| chunk.map(Frame::data)));
         self.client
             .put_object()
             .bucket(&self.bucket)
             .key(self.full_key(key))
             .content_length(size as i64)
-            .body(ByteStream::from_body_1_x(body))
+            .body(streamed(body))
             .send()
             .await
             .map_err(|e| classify("put", key.as_str(), e))?;
         Ok(())
+    }
+
+    /// One UploadPart of exactly `len` bytes streaming from `body` (unsigned,
+    /// as [`S3Backend::put_stream`]).
+    pub(super) async fn upload_part_stream<S>(
+        &self,
+        key: &ObjectKey,
+        full_key: &str,
+        upload_id: &str,
+        number: u64,
+        len: u64,
+        body: S,
+    ) -> Result<CompletedPart, StoreError>
+    where
+        S: Stream<Item = std::io::Result<Bytes>> + Send + Sync + 'static,
+    {
+        let output = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(full_key)
+            .upload_id(upload_id)
+            .part_number(number as i32)
+            .content_length(len as i64)
+            .body(streamed(body))
+            .send()
+            .await
+            .map_err(|e| classify("put part", key.as_str(), e))?;
+        Ok(CompletedPart::builder()
+            .part_number(number as i32)
+            .set_e_tag(output.e_tag)
+            .build())
     }
 
     /// A conditional put: `If-None-Match: *` (`if_match` `None`) or
@@ -417,6 +448,16 @@ impl S3Backend {
     pub(crate) fn delete_batch_size() -> usize {
         DELETE_BATCH
     }
+}
+
+/// A request body that streams (the SDK neither buffers nor signs it).
+fn streamed<S>(body: S) -> ByteStream
+where
+    S: Stream<Item = std::io::Result<Bytes>> + Send + Sync + 'static,
+{
+    ByteStream::from_body_1_x(http_body_util::StreamBody::new(
+        body.map(|chunk| chunk.map(Frame::data)),
+    ))
 }
 
 fn is_transient_code(code: &str) -> bool {

@@ -253,3 +253,106 @@ async fn a_conditional_delete_whose_answer_was_lost_is_done() {
     assert_eq!(faults.attempts(), 2);
     assert!(cas.get(&k).await.unwrap().is_none());
 }
+
+#[tokio::test]
+async fn a_raw_file_above_the_threshold_streams_its_parts_and_a_part_sent_again_counts_once() {
+    use anchises_backup::manifest::Compression;
+    use anchises_backup::upload::{upload_file, Throttle};
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    // The part after S3 took it is failed twice: sent again from its range.
+    let faults = Arc::new(Faults::fail_first(2).only("put part").after_request());
+    let store = s3_with(&faults).await;
+    // Above the test threshold (10 MiB) in parts of 5 MiB: three, the last short.
+    let value: Vec<u8> = (0..12 * 1024 * 1024 + 777u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("nb-1-big-Data.db");
+    std::fs::write(&source, &value).unwrap();
+    let progress = Arc::new(AtomicU64::new(0));
+
+    let uploaded = upload_file(
+        &store,
+        &key("ranged/nb-1-big-Data.db"),
+        &source,
+        Compression::None,
+        3,
+        &Throttle::unlimited(),
+        Some(progress.clone()),
+    )
+    .await
+    .unwrap();
+
+    assert_eq!(uploaded.hash, blake3::hash(&value).to_hex().to_string());
+    assert_eq!(uploaded.size, value.len() as u64);
+    assert_eq!(uploaded.stored_size, value.len() as u64);
+    assert_eq!(faults.injected(), 2);
+    assert_eq!(progress.load(Ordering::Relaxed), value.len() as u64);
+    let etag = store
+        .head(&key("ranged/nb-1-big-Data.db"))
+        .await
+        .unwrap()
+        .etag;
+    assert!(
+        etag.trim_matches('"').ends_with("-3"),
+        "not 3 parts: {etag}"
+    );
+    assert!(
+        store.get(&key("ranged/nb-1-big-Data.db")).await.unwrap() == value,
+        "the stored object differs from the file"
+    );
+}
+
+#[tokio::test]
+async fn a_raw_file_that_shrinks_while_its_parts_go_up_fails_and_stores_nothing() {
+    use anchises_backup::manifest::Compression;
+    use anchises_backup::upload::{upload_file, Throttle};
+
+    // The first parts S3 takes are failed; as soon as one is, the file loses
+    // half of its bytes, so the parts sent again (or the hash) find it changed.
+    let faults = Arc::new(Faults::fail_first(3).only("put part").after_request());
+    let store = s3_with(&faults).await;
+    let value = vec![7u8; 12 * 1024 * 1024];
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("nb-2-big-Data.db");
+    std::fs::write(&source, &value).unwrap();
+    let shrink = {
+        let source = source.clone();
+        tokio::spawn(async move {
+            loop {
+                if faults.injected() > 0 {
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(&source)
+                        .unwrap()
+                        .set_len(6 * 1024 * 1024)
+                        .unwrap();
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+    };
+    let error = upload_file(
+        &store,
+        &key("ranged/nb-2-big-Data.db"),
+        &source,
+        Compression::None,
+        3,
+        &Throttle::unlimited(),
+        None,
+    )
+    .await
+    .unwrap_err();
+    shrink.await.unwrap();
+    assert!(
+        error.to_string().contains("changed while being read"),
+        "{error}"
+    );
+    assert!(store
+        .get(&key("ranged/nb-2-big-Data.db"))
+        .await
+        .unwrap_err()
+        .is_not_found());
+}

@@ -209,9 +209,9 @@ impl Backups {
         let b = &config.backup;
         let settings = StoreSettings {
             concurrency: b.concurrency,
-            // A filesystem store streams; on S3 an upload that is not streamed
-            // holds its object (up to a part) or its parts in memory: those of
-            // files from BUFFERED_ALONE up go one at a time.
+            // Raw files and a filesystem store stream; on S3 a compressed file
+            // is held in memory (up to a part) or its parts are: those of files
+            // from BUFFERED_ALONE up go one at a time.
             large_concurrency: if store.is_s3() { 1 } else { b.concurrency },
             large_file: BUFFERED_ALONE.min(b.s3.part_size.as_u64()),
             zstd_level: b.zstd_level,
@@ -709,9 +709,9 @@ fn cassandra_error(what: &str, e: JolokiaError) -> BackupError {
     BackupError::Invalid(format!("{what} failed: {}", NodeError::from(e)))
 }
 
-/// Files at least this large that S3 takes from memory (zstd-compressed, or
-/// above `multipart_threshold`) are uploaded one at a time: four such files
-/// just under a part would otherwise hold four parts' worth of memory.
+/// Zstd-compressed files at least this large, which S3 takes from memory,
+/// are uploaded one at a time: four such files just under a part would
+/// otherwise hold four parts' worth of memory.
 const BUFFERED_ALONE: u64 = 1024 * 1024;
 
 /// Where the sidecar keeps its own state (the upload journal).
