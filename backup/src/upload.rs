@@ -180,9 +180,10 @@ async fn upload_ranges(
     };
     let file = Arc::new(std::fs::File::open(path).map_err(file_error)?);
     let size = file.metadata().map_err(file_error)?.len();
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The hash thread stops early if the upload fails or is dropped.
+    let stop = StopOnDrop::default();
     let hashing = {
-        let (file, stop) = (file.clone(), stop.clone());
+        let (file, stop) = (file.clone(), stop.0.clone());
         tokio::task::spawn_blocking(move || hash_open_file(&file, size, &stop))
     };
     // Bytes each part's latest attempt counted, by offset.
@@ -218,7 +219,7 @@ async fn upload_ranges(
         })
         .await;
     if put.is_err() {
-        stop.store(true, Ordering::Relaxed);
+        stop.0.store(true, Ordering::Relaxed);
     }
     let hashed = hashing
         .await
@@ -235,6 +236,16 @@ async fn upload_ranges(
         Ok(_) => hashed.map(|(hash, total)| (hash, total, total)),
     };
     finish_upload(path, put, read)
+}
+
+/// A flag set when it is dropped.
+#[derive(Default)]
+struct StopOnDrop(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 /// BLAKE3 of an open file of `expected` bytes, read from its start; stops

@@ -21,7 +21,7 @@ use futures::Stream;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::task::JoinSet;
 
-use super::s3::{classify, S3Backend};
+use super::s3::{classify, streamed, S3Backend};
 use super::{Attempts, ObjectKey, StoreError};
 
 /// S3's limit on the parts of one upload.
@@ -117,8 +117,8 @@ where
                 let full_key = s3.full_key(&key);
                 attempts
                     .run("put part", key.as_str(), || async {
-                        let stream = body(offset, len).await;
-                        s3.upload_part_stream(&key, &full_key, &upload_id, number, len, stream)
+                        let stream = streamed(body(offset, len).await);
+                        s3.upload_part(&key, &full_key, &upload_id, number, len, stream)
                             .await
                     })
                     .await
@@ -262,24 +262,10 @@ async fn upload_part(
     body: Bytes,
 ) -> Result<CompletedPart, StoreError> {
     let full_key = s3.full_key(key);
+    let len = body.len() as u64;
     attempts
-        .run("put part", key.as_str(), || async {
-            let output = s3
-                .client
-                .upload_part()
-                .bucket(&s3.bucket)
-                .key(&full_key)
-                .upload_id(upload_id)
-                .part_number(number as i32)
-                .content_length(body.len() as i64)
-                .body(body.clone().into())
-                .send()
-                .await
-                .map_err(|e| classify("put part", key.as_str(), e))?;
-            Ok(CompletedPart::builder()
-                .part_number(number as i32)
-                .set_e_tag(output.e_tag)
-                .build())
+        .run("put part", key.as_str(), || {
+            s3.upload_part(key, &full_key, upload_id, number, len, body.clone().into())
         })
         .await
 }

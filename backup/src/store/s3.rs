@@ -244,20 +244,16 @@ impl S3Backend {
         Ok(())
     }
 
-    /// One UploadPart of exactly `len` bytes streaming from `body` (unsigned,
-    /// as [`S3Backend::put_stream`]).
-    pub(super) async fn upload_part_stream<S>(
+    /// One UploadPart of exactly `len` bytes: from memory, or [`streamed`].
+    pub(super) async fn upload_part(
         &self,
         key: &ObjectKey,
         full_key: &str,
         upload_id: &str,
         number: u64,
         len: u64,
-        body: S,
-    ) -> Result<CompletedPart, StoreError>
-    where
-        S: Stream<Item = std::io::Result<Bytes>> + Send + Sync + 'static,
-    {
+        body: ByteStream,
+    ) -> Result<CompletedPart, StoreError> {
         let output = self
             .client
             .upload_part()
@@ -266,7 +262,7 @@ impl S3Backend {
             .upload_id(upload_id)
             .part_number(number as i32)
             .content_length(len as i64)
-            .body(streamed(body))
+            .body(body)
             .send()
             .await
             .map_err(|e| classify("put part", key.as_str(), e))?;
@@ -451,7 +447,7 @@ impl S3Backend {
 }
 
 /// A request body that streams (the SDK neither buffers nor signs it).
-fn streamed<S>(body: S) -> ByteStream
+pub(super) fn streamed<S>(body: S) -> ByteStream
 where
     S: Stream<Item = std::io::Result<Bytes>> + Send + Sync + 'static,
 {
