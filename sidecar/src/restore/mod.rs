@@ -1712,6 +1712,127 @@ mod tests {
         std::fs::write(path, vec![7u8; bytes]).unwrap();
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_new_nodes_seed_cut_short_mid_layout_is_finished_at_its_next_start() {
+        use anchises_backup::files::{snapshot_files, StoreSettings};
+        use anchises_backup::node::{NodeInfo, SlotBackups};
+        let dir = tempfile::tempdir().unwrap();
+        let store_root = dir.path().join("store");
+        // The source node's snapshot: a user table, the schema, and its own
+        // system keyspace (which a new node never takes).
+        let source = dir.path().join("source");
+        let tables = [
+            ("shop", "orders-0123456789abcdef0123456789abcdef"),
+            ("system_schema", "tables-afddfb9dbc1e30688056eed6c302ba09"),
+            ("system", "local-7ad54392bcdd35a684174e047860b377"),
+        ];
+        let content = |i: usize, component: &str| -> Vec<u8> {
+            let len = 200_000 + 1000 * i + component.len();
+            (0..len).map(|b| (b * 31 + i * 7) as u8).collect()
+        };
+        for (i, (ks, table)) in tables.iter().enumerate() {
+            for component in ["Data.db", "Index.db", "TOC.txt"] {
+                let path = source
+                    .join(ks)
+                    .join(table)
+                    .join("snapshots/base")
+                    .join(format!("nb-1-big-{component}"));
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                std::fs::write(&path, content(i, component)).unwrap();
+            }
+        }
+        let store = anchises_backup::ObjectStore::filesystem(&store_root).unwrap();
+        let slot = SlotRef {
+            cluster: "prod".into(),
+            dc: "dc1".into(),
+            slot: 0,
+        };
+        let backups = SlotBackups::new(
+            store,
+            slot,
+            &source,
+            &dir.path().join("source-state"),
+            StoreSettings::default(),
+        );
+        let id = BackupId::parse("20261126T030000Z-1a2b3c").unwrap();
+        let info = NodeInfo {
+            rack: "r1".into(),
+            address: "127.0.0.9".into(),
+            cassandra_version: "5.0.9".into(),
+            partitioner: "org.apache.cassandra.dht.Murmur3Partitioner".into(),
+            tokens: vec!["0".into()],
+            schema: String::new(),
+        };
+        backups
+            .back_up_snapshot(
+                &id,
+                OffsetDateTime::now_utc(),
+                info,
+                Vec::new(),
+                snapshot_files(&source, "base").unwrap(),
+                &Progress::default(),
+                &CancellationToken::new(),
+            )
+            .await
+            .unwrap();
+
+        let mut config = crate::config::Config::default();
+        config.node.data_dir = dir.path().join("copy");
+        config.node.dc = "dc1".into();
+        config.backup.path = Some(store_root.clone());
+        let from = crate::cluster::RestoreFrom {
+            cluster: "prod".into(),
+            backup_id: id.to_string(),
+        };
+        let data = crate::cassandra::files::NodeLayout::new(&config.node.data_dir).data;
+        let seed = crate::backup::state_dir(&config)
+            .join("restore")
+            .join(format!("seed-prod-{id}"));
+        let live = |i: usize, component: &str| {
+            let (ks, table) = tables[i];
+            data.join(ks)
+                .join(table)
+                .join(format!("nb-1-big-{component}"))
+        };
+        seed_from_backup(&config, 0, &from).await.unwrap();
+        assert!(seed.join("done").exists());
+        assert!(!seed.join("staging").exists());
+
+        // Cut short mid-layout: one file still in staging, one neither staged
+        // nor laid out, and the seed not marked done.
+        std::fs::remove_file(seed.join("done")).unwrap();
+        let staged = seed
+            .join("staging")
+            .join(tables[0].0)
+            .join(tables[0].1)
+            .join("nb-1-big-Data.db");
+        std::fs::create_dir_all(staged.parent().unwrap()).unwrap();
+        std::fs::rename(live(0, "Data.db"), &staged).unwrap();
+        std::fs::remove_file(live(1, "Index.db")).unwrap();
+
+        seed_from_backup(&config, 0, &from).await.unwrap();
+        for i in 0..2 {
+            for component in ["Data.db", "Index.db", "TOC.txt"] {
+                assert!(
+                    std::fs::read(live(i, component)).unwrap() == content(i, component),
+                    "{} differs from the source",
+                    live(i, component).display()
+                );
+            }
+        }
+        assert!(
+            !data.join("system").exists(),
+            "the source's own system keyspace was laid out"
+        );
+        assert!(seed.join("done").exists());
+        assert!(!seed.join("staging").exists());
+
+        // Done: a later start lays nothing out again.
+        std::fs::remove_file(live(0, "TOC.txt")).unwrap();
+        seed_from_backup(&config, 0, &from).await.unwrap();
+        assert!(!live(0, "TOC.txt").exists());
+    }
+
     #[test]
     fn a_resume_whose_restore_was_discarded_while_it_was_planned_is_refused() {
         let root = tempfile::tempdir().unwrap();
