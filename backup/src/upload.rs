@@ -183,8 +183,12 @@ async fn upload_ranges(
     // The hash thread stops early if the upload fails or is dropped.
     let stop = StopOnDrop::default();
     let hashing = {
-        let (file, stop) = (file.clone(), stop.0.clone());
-        tokio::task::spawn_blocking(move || hash_open_file(&file, size, &stop))
+        // Its own cursor: the parts read at offsets and never move it.
+        let hashed = file.try_clone().map_err(file_error)?;
+        let (source, stop) = (path.to_path_buf(), stop.0.clone());
+        tokio::task::spawn_blocking(move || {
+            read_from(&source, hashed, Compression::None, 0, StopSink(stop), None)
+        })
     };
     // Bytes each part's latest attempt counted, by offset.
     let counted: Arc<Mutex<HashMap<u64, Arc<AtomicU64>>>> = Arc::default();
@@ -233,7 +237,7 @@ async fn upload_ranges(
             "changed while being read: {size} bytes at open, {} now",
             now.len()
         ))),
-        Ok(_) => hashed.map(|(hash, total)| (hash, total, total)),
+        Ok(_) => hashed.map(|(hash, total, _)| (hash, total, total)),
     };
     finish_upload(path, put, read)
 }
@@ -248,46 +252,24 @@ impl Drop for StopOnDrop {
     }
 }
 
-/// BLAKE3 of an open file of `expected` bytes, read from its start; stops
-/// (with an error) once `stop` is set.
-fn hash_open_file(
-    file: &std::fs::File,
-    expected: u64,
-    stop: &std::sync::atomic::AtomicBool,
-) -> io::Result<(blake3::Hash, u64)> {
-    use std::os::unix::fs::FileExt;
-    let mut hasher = blake3::Hasher::new();
-    let mut buffer = vec![0u8; CHUNK];
-    let mut total = 0u64;
-    loop {
-        if stop.load(Ordering::Relaxed) {
+/// A sink for bytes only hashed, that fails once its flag is set (the
+/// upload they are hashed for stopped).
+struct StopSink(Arc<std::sync::atomic::AtomicBool>);
+
+impl Write for StopSink {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.0.load(Ordering::Relaxed) {
             return Err(io::Error::new(
                 io::ErrorKind::BrokenPipe,
                 "the upload stopped",
             ));
         }
-        let n = match file.read_at(&mut buffer, total) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buffer[..n]);
-        total += n as u64;
-        if total > expected {
-            return Err(io::Error::other(format!(
-                "changed while being read: grew past the {expected} bytes it had at open"
-            )));
-        }
+        Ok(data.len())
     }
-    if total != expected {
-        return Err(io::Error::other(format!(
-            "changed while being read: {expected} bytes at open, {total} read"
-        )));
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
-    Ok((hasher.finalize(), total))
 }
 
 /// Whether [`upload_file`] streams a file stored with `compression` from
@@ -467,7 +449,20 @@ fn read_into<W: Write>(
     sink: W,
     progress: Option<&AtomicU64>,
 ) -> io::Result<(blake3::Hash, u64, W)> {
-    let mut file = std::fs::File::open(path)?;
+    let file = std::fs::File::open(path)?;
+    read_from(path, file, compression, zstd_level, sink, progress)
+}
+
+/// [`read_into`] from `file`, opened at `path` and read from where its
+/// cursor is (its start).
+fn read_from<W: Write>(
+    path: &Path,
+    mut file: std::fs::File,
+    compression: Compression,
+    zstd_level: i32,
+    sink: W,
+    progress: Option<&AtomicU64>,
+) -> io::Result<(blake3::Hash, u64, W)> {
     let expected = file.metadata()?.len();
     let mut hasher = blake3::Hasher::new();
     let mut out = match compression {

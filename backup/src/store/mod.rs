@@ -529,6 +529,7 @@ impl Download {
         Ok(size)
     }
 }
+
 /// Bytes read from a file at a time by [`file_range`].
 const RANGE_CHUNK: usize = 256 * 1024;
 

@@ -59,17 +59,8 @@ where
         return Ok(size);
     }
     let upload_id = create(s3, attempts, key).await?;
-    let result = upload_parts(s3, attempts, key, &upload_id, first, reader, part_size).await;
-    let result = match result {
-        Ok((parts, size)) => complete(s3, attempts, key, &upload_id, parts, size)
-            .await
-            .map(|()| size),
-        Err(error) => Err(error),
-    };
-    if result.is_err() {
-        abort(s3, key, &upload_id).await;
-    }
-    result
+    let parts = upload_parts(s3, attempts, key, &upload_id, first, reader, part_size).await;
+    conclude(s3, attempts, key, &upload_id, parts).await
 }
 
 /// Uploads the `size` bytes of a source that can be read again in parts of
@@ -139,15 +130,30 @@ where
     };
     // The parts still in flight stop before the upload is aborted.
     in_flight.shutdown().await;
-    let result = match result {
-        Ok(()) => {
-            completed.sort_by_key(|p| p.part_number);
-            complete(s3, attempts, key, &upload_id, completed, size).await
-        }
+    completed.sort_by_key(|p| p.part_number);
+    let parts = result.map(|()| (completed, size));
+    conclude(s3, attempts, key, &upload_id, parts)
+        .await
+        .map(drop)
+}
+
+/// Completes the upload with its `parts` (sorted) of `size` bytes in all,
+/// or aborts it if they failed or it cannot be completed; returns the size.
+async fn conclude(
+    s3: &S3Backend,
+    attempts: &Attempts,
+    key: &ObjectKey,
+    upload_id: &str,
+    parts: Result<(Vec<CompletedPart>, u64), StoreError>,
+) -> Result<u64, StoreError> {
+    let result = match parts {
+        Ok((parts, size)) => complete(s3, attempts, key, upload_id, parts, size)
+            .await
+            .map(|()| size),
         Err(error) => Err(error),
     };
     if result.is_err() {
-        abort(s3, key, &upload_id).await;
+        abort(s3, key, upload_id).await;
     }
     result
 }
