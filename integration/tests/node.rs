@@ -301,11 +301,34 @@ async fn a_killed_cassandra_is_restarted_within_the_hourly_bound_and_reported() 
     assert_eq!(job["state"], "succeeded", "{job}");
     assert_eq!(job["result"]["operation_mode"], "NORMAL");
 
-    // A sidecar killed with SIGKILL takes its JVM with it.
+    // A sidecar killed with SIGKILL takes its JVM with it, which runs
+    // Cassandra's shutdown hook (flushes) before it exits, holding its ports
+    // and writing to the data. A sidecar started again meanwhile waits for
+    // that JVM instead of starting a second one on the same data.
     let third = node.cassandra_pid().unwrap();
     node.kill_sidecar();
+    assert!(TestNode::is_alive(third), "the JVM drains before it exits");
+    node.respawn(None).await;
+    node.wait_normal().await;
     assert!(
-        TestNode::wait_gone(third, Duration::from_secs(90)),
+        !TestNode::is_alive(third),
+        "the killed sidecar's JVM is gone"
+    );
+    let fourth = node.cassandra_pid().unwrap();
+    assert_ne!(third, fourth);
+    let p = node.process().await;
+    assert_eq!(p["restarts"], 0, "it started at the first try: {p}");
+    assert!(p["last_exit"].is_null(), "{p}");
+    let log = std::fs::read_to_string(node.dir.join("logs/system.log")).unwrap();
+    assert!(
+        !log.contains("Port already in use"),
+        "no JVM started while the previous one held its ports"
+    );
+
+    // And once no sidecar is started again, the JVM is gone all the same.
+    node.kill_sidecar();
+    assert!(
+        TestNode::wait_gone(fourth, Duration::from_secs(90)),
         "the JVM outlived its sidecar"
     );
 }

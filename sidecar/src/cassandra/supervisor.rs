@@ -5,7 +5,7 @@
 //! state from a watch channel. It does not judge Cassandra's health beyond "alive".
 
 use std::collections::VecDeque;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -265,7 +265,7 @@ impl Task {
 
     async fn spawn(&self) -> anyhow::Result<Child> {
         let rt = Runtime::resolve(&self.config)?;
-        stop_leftover_jvm(&self.layout.pid_file(), &self.layout.yaml()).await;
+        stop_leftover_jvms(&self.layout.yaml()).await;
         write_node_files(&self.config, &self.layout)?;
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -466,33 +466,54 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     }
 }
 
-/// If a previous sidecar was killed without its JVM (the death signal below covers
-/// almost every case), stop that JVM before starting a new one on the same data.
-/// Only a process whose command line names this node's yaml is touched.
-async fn stop_leftover_jvm(pid_file: &Path, yaml: &Path) {
-    let Some(pid) = std::fs::read_to_string(pid_file)
-        .ok()
-        .and_then(|s| s.trim().parse::<i32>().ok())
-    else {
-        return;
-    };
-    let cmdline = std::fs::read(PathBuf::from(format!("/proc/{pid}/cmdline"))).unwrap_or_default();
-    let needle = format!("file://{}", yaml.display());
-    if !String::from_utf8_lossy(&cmdline).contains(&needle) {
-        return;
-    }
-    warn!(
-        pid,
-        "a cassandra of this node from an earlier run is still alive; stopping it"
-    );
-    let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-    for _ in 0..600 {
-        if kill(Pid::from_raw(pid), None).is_err() {
-            return;
+/// Before a JVM starts on this node's data: a JVM of an earlier sidecar may
+/// still be alive. A sidecar killed takes its JVM with it (the death signal
+/// below), but that JVM runs Cassandra's shutdown hook (flushes, seconds)
+/// before it exits, holding its ports and writing to the data, and Cassandra
+/// removes its pid file as the shutdown begins. So the JVMs are found by
+/// their command line, which names this node's yaml, not by the pid file;
+/// each is asked to stop and waited for (killed after a minute).
+async fn stop_leftover_jvms(yaml: &Path) {
+    for pid in jvms_of(yaml, Path::new("/proc")) {
+        warn!(
+            pid,
+            "a cassandra of this node from an earlier run is still alive; waiting for it to stop"
+        );
+        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        let mut gone = false;
+        for _ in 0..600 {
+            if kill(Pid::from_raw(pid), None).is_err() {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        if !gone {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
     }
-    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+}
+
+/// The processes under `proc` (a procfs) whose command line has the
+/// argument `-Dcassandra.config=file://<yaml>`.
+fn jvms_of(yaml: &Path, proc: &Path) -> Vec<i32> {
+    let wanted = format!("-Dcassandra.config=file://{}", yaml.display());
+    let Ok(entries) = std::fs::read_dir(proc) else {
+        return Vec::new();
+    };
+    let mut pids: Vec<i32> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(proc.join(pid.to_string()).join("cmdline")).is_ok_and(|cmdline| {
+                cmdline
+                    .split(|b| *b == 0)
+                    .any(|arg| arg == wanted.as_bytes())
+            })
+        })
+        .collect();
+    pids.sort_unstable();
+    pids
 }
 
 /// Asks the kernel to SIGTERM the JVM when the sidecar dies, even by SIGKILL, so a
@@ -517,6 +538,52 @@ pub(crate) fn die_with_parent(cmd: &mut Command) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_jvms_of_a_node_are_found_by_their_yaml_argument() {
+        let proc = tempfile::tempdir().unwrap();
+        let process = |pid: &str, args: &[&str]| {
+            let dir = proc.path().join(pid);
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut cmdline = args.join("\0");
+            cmdline.push('\0');
+            std::fs::write(dir.join("cmdline"), cmdline).unwrap();
+        };
+        let yaml = Path::new("/srv/n1/conf/cassandra.yaml");
+        process(
+            "41",
+            &[
+                "java",
+                "-Dcassandra.config=file:///srv/n1/conf/cassandra.yaml",
+                "x",
+            ],
+        );
+        process(
+            "7",
+            &[
+                "java",
+                "-Dcassandra.config=file:///srv/n1/conf/cassandra.yaml",
+            ],
+        );
+        // Another node's, one that merely mentions the path, and a non-process.
+        process(
+            "12",
+            &[
+                "java",
+                "-Dcassandra.config=file:///srv/n10/conf/cassandra.yaml",
+            ],
+        );
+        process("13", &["grep", "file:///srv/n1/conf/cassandra.yaml"]);
+        process(
+            "self",
+            &[
+                "java",
+                "-Dcassandra.config=file:///srv/n1/conf/cassandra.yaml",
+            ],
+        );
+        assert_eq!(jvms_of(yaml, proc.path()), vec![7, 41]);
+        assert!(jvms_of(yaml, &proc.path().join("missing")).is_empty());
+    }
 
     fn yaml(text: &str) -> toml::Table {
         text.parse().expect("toml")
