@@ -737,7 +737,7 @@ impl Restores {
         }
         saved.finished = true;
         save_state(dir, &saved)?;
-        remove_finished(dir).await;
+        remove_finished(dir);
         set_phase("done");
         Ok(json!({
             "base_backup": plan.base,
@@ -802,7 +802,7 @@ impl Restores {
             ..read_state(dir).unwrap_or_default()
         };
         save_state(dir, &saved)?;
-        remove_finished(dir).await;
+        remove_finished(dir);
         shared.lock().expect("restore lock").imported = plan.tables.clone();
         set_phase("done");
         let (phase_seconds, down_seconds) = clock.seconds();
@@ -1293,13 +1293,25 @@ async fn remove_restore_dir(root: &Path, id: &str) -> Discard {
 /// what is left of its staging, the previous data of a full-node restore,
 /// its saved state. Set aside first, so a crash while removing it leaves
 /// nothing that looks like a restore (the next sidecar removes the rest).
-async fn remove_finished(dir: &Path) {
+/// The removal itself (gigabytes of previous data, for a full-node restore)
+/// goes on in the background: nothing waits for it once the directory is
+/// aside.
+fn remove_finished(dir: &Path) {
     let (Some(root), Some(id)) = (dir.parent(), dir.file_name()) else {
         return;
     };
-    let id = id.to_string_lossy();
-    if let Discard::Failed(e) = remove_restore_dir(root, &id).await {
-        tracing::warn!(restore = %id, error = %e, "cannot remove the finished restore's directory");
+    let id = id.to_string_lossy().into_owned();
+    match set_aside(root, &id) {
+        Ok(aside) => {
+            tokio::spawn(async move {
+                if let Discard::Failed(e) = remove_set_aside(aside).await {
+                    tracing::warn!(restore = %id, error = %e, "cannot remove the finished restore's directory");
+                }
+            });
+        }
+        Err(e) => {
+            tracing::warn!(restore = %id, error = %e, "cannot set the finished restore's directory aside");
+        }
     }
 }
 
