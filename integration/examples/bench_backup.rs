@@ -685,7 +685,10 @@ fn live_bytes(ks_dir: &Path) -> (u64, usize) {
             .expect("table dir")
             .flatten()
         {
-            let meta = f.metadata().expect("stat");
+            // A compaction may remove a file between the listing and here.
+            let Ok(meta) = f.metadata() else {
+                continue;
+            };
             if meta.is_file() {
                 bytes += meta.len();
                 sstables += f.file_name().to_string_lossy().ends_with("-Data.db") as usize;
