@@ -480,7 +480,26 @@ async fn the_classes_a_first_start_loads_are_mapped_from_an_archive_at_the_next(
         !maps(first).contains(&name),
         "the first start had no archive to map"
     );
-    // The next start maps it (the JVM ignores an archive it finds unfit).
+    // The first start's estimate of its memtable row overhead is recorded.
+    let log = std::fs::read_to_string(node.dir.join("logs/system.log")).unwrap();
+    let estimate: u32 = log
+        .lines()
+        .find_map(|l| {
+            l.split_once("Estimated SkipListMemtable row overhead: ")
+                .map(|(_, n)| n.trim().parse().unwrap())
+        })
+        .expect("the first start estimates its row overhead");
+    let recorded: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(node.dir.join("row-overhead.json")).unwrap())
+            .unwrap();
+    assert_eq!(recorded["bytes"], estimate, "{recorded}");
+    let cmdline = std::fs::read(format!("/proc/{first}/cmdline")).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&cmdline).contains("row_overhead_size"),
+        "the first start had no estimate to be given"
+    );
+    // The next start maps it (the JVM ignores an archive it finds unfit),
+    // and is given the estimate instead of making it again.
     let job = node.action("restart", None).await;
     assert_eq!(job["state"], "succeeded", "{job}");
     let second = node.cassandra_pid().unwrap();
@@ -489,6 +508,13 @@ async fn the_classes_a_first_start_loads_are_mapped_from_an_archive_at_the_next(
         maps(second).contains(&name),
         "the restarted JVM did not map {name}"
     );
+    let cmdline = std::fs::read(format!("/proc/{second}/cmdline")).unwrap();
+    let option = format!("-Dcassandra.memtable.row_overhead_size={estimate}");
+    assert!(
+        cmdline.split(|b| *b == 0).any(|a| a == option.as_bytes()),
+        "the restarted JVM was not given {option}"
+    );
+
     assert!(
         listed(".classlist").is_empty(),
         "a start with an archive records nothing"

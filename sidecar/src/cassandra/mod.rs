@@ -5,4 +5,5 @@ pub mod cds;
 pub mod cql;
 pub mod files;
 pub mod jolokia;
+pub mod row_overhead;
 pub mod supervisor;

@@ -21,6 +21,7 @@ use utoipa::ToSchema;
 
 use super::files::{jvm_args, write_node_files, NodeLayout, Runtime};
 use super::jolokia::{Jolokia, STORAGE_SERVICE};
+use super::row_overhead::RowOverhead;
 use crate::config::Config;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
@@ -272,8 +273,26 @@ impl Task {
             .append(true)
             .open(self.layout.stdout_log())?;
         let (sharing, archive) = super::cds::sharing_for(&self.config, &rt);
+        let mut args = jvm_args(&self.config, &self.layout, &rt, &sharing);
+        // Cassandra's estimate of its memtable row overhead, recorded at an
+        // earlier start that ran alike (see row_overhead).
+        let unsharing = jvm_args(&self.config, &self.layout, &rt, &super::cds::Sharing::Off);
+        let overhead = RowOverhead::of(&self.layout, &rt.java, &unsharing)
+            .inspect_err(
+                |e| warn!(error = %e, "cannot fingerprint the start for its memtable row overhead"),
+            )
+            .ok();
+        let to_record = match overhead.as_ref().map(|o| (o, o.known())) {
+            Some((_, Some(bytes))) => {
+                // Before the main class: a JVM option.
+                args.insert(0, RowOverhead::jvm_option(bytes));
+                None
+            }
+            Some((o, None)) => Some((o.clone(), o.log_position())),
+            None => None,
+        };
         let mut cmd = Command::new(&rt.java);
-        cmd.args(jvm_args(&self.config, &self.layout, &rt, &sharing))
+        cmd.args(args)
             .current_dir(&self.layout.root)
             // Fewer glibc malloc arenas: RSS otherwise grows with thread count.
             .env("MALLOC_ARENA_MAX", "4")
@@ -285,6 +304,9 @@ impl Task {
             .process_group(0);
         die_with_parent(&mut cmd);
         let child = cmd.spawn()?;
+        if let Some((overhead, from)) = to_record {
+            tokio::spawn(overhead.record_from_log(from));
+        }
         if let (super::cds::Sharing::Record(list), Some(archive)) = (sharing, archive) {
             let heap_mib = self.config.node.heap.as_u64() / (1024 * 1024);
             tokio::spawn(archive.build_from(list, rt.java.clone(), rt.lib_dir.clone(), heap_mib));
