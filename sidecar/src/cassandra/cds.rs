@@ -28,6 +28,20 @@ const QUIET_LOOKS: u32 = 3;
 /// A list still growing after this long is used as it is.
 const RECORD_AT_MOST: Duration = Duration::from_secs(600);
 
+/// Feeds a file's path, size and modification time to `hasher`: what names
+/// a JDK or a jar as it is installed.
+pub(super) fn stamp_file(hasher: &mut blake3::Hasher, path: &Path) -> std::io::Result<()> {
+    let meta = std::fs::metadata(path)?;
+    let modified = meta
+        .modified()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    hasher.update(path.as_os_str().as_encoded_bytes());
+    hasher.update(&meta.len().to_le_bytes());
+    hasher.update(&modified.as_nanos().to_le_bytes());
+    Ok(())
+}
+
 /// What a start does about class sharing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Sharing {
@@ -67,17 +81,7 @@ impl ClassArchive {
         let mut hasher = blake3::Hasher::new();
         let java = std::fs::canonicalize(&rt.java)?;
         hasher.update(java.as_os_str().as_encoded_bytes());
-        let mut stamp = |path: &Path| -> std::io::Result<()> {
-            let meta = std::fs::metadata(path)?;
-            let modified = meta
-                .modified()?
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default();
-            hasher.update(path.as_os_str().as_encoded_bytes());
-            hasher.update(&meta.len().to_le_bytes());
-            hasher.update(&modified.as_nanos().to_le_bytes());
-            Ok(())
-        };
+        let mut stamp = |path: &Path| stamp_file(&mut hasher, path);
         stamp(&java)?;
         if let Some(release) = java
             .parent()

@@ -44,14 +44,7 @@ impl RowOverhead {
     /// the node of `layout`, whose `cassandra.yaml` is written.
     pub fn of(layout: &NodeLayout, java: &Path, args: &[String]) -> std::io::Result<Self> {
         let mut hasher = blake3::Hasher::new();
-        let meta = std::fs::metadata(java)?;
-        let modified = meta
-            .modified()?
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        hasher.update(java.as_os_str().as_encoded_bytes());
-        hasher.update(&meta.len().to_le_bytes());
-        hasher.update(&modified.as_nanos().to_le_bytes());
+        super::cds::stamp_file(&mut hasher, java)?;
         for arg in args {
             hasher.update(arg.as_bytes());
             hasher.update(&[0]);
