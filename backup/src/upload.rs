@@ -183,7 +183,8 @@ async fn upload_ranges(
     // The hash thread stops early if the upload fails or is dropped.
     let stop = StopOnDrop::default();
     let hashing = {
-        // Its own cursor: the parts read at offsets and never move it.
+        // A handle on the same open file: the parts read at offsets and never
+        // move its cursor, which the hash thread alone reads from.
         let hashed = file.try_clone().map_err(file_error)?;
         let (source, stop) = (path.to_path_buf(), stop.0.clone());
         tokio::task::spawn_blocking(move || {

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Map, Value};
 
+use super::row_overhead::RowOverhead;
 use crate::config::Config;
 
 /// The directories of one node, all below `node.data_dir`.
@@ -337,12 +338,15 @@ fn java_major(java: &Path) -> Option<u32> {
     version.split(['.', '-', '+']).next()?.parse().ok()
 }
 
-/// The full JVM argument list (after `java`) for this node.
+/// The full JVM argument list (after `java`) for this node, with the class
+/// sharing of this start and the memtable row overhead recorded for it
+/// (see [`super::row_overhead`]).
 pub fn jvm_args(
     config: &Config,
     layout: &NodeLayout,
     rt: &Runtime,
     sharing: &super::cds::Sharing,
+    row_overhead: Option<u32>,
 ) -> Vec<String> {
     let n = &config.node;
     let heap_mib = n.heap.as_u64() / (1024 * 1024);
@@ -378,6 +382,7 @@ pub fn jvm_args(
         args.push(format!("-Dcassandra.replace_address_first_boot={dead}"));
     }
     args.extend(sharing.jvm_options());
+    args.extend(row_overhead.map(super::row_overhead::jvm_option));
     args.extend(config.cassandra.jvm_opts.iter().cloned());
     // The jars first, as a class archive was dumped with them alone (the JVM
     // maps one only for a class path that starts with its own); then the conf
@@ -424,11 +429,12 @@ pub fn launch_line(config: &Config) -> anyhow::Result<String> {
         use_it @ super::cds::Sharing::Use(_) => use_it,
         _ => super::cds::Sharing::Off,
     };
-    words.extend(jvm_args(config, &layout, &rt, &sharing));
+    let row_overhead = RowOverhead::for_start(config, &layout, &rt).and_then(|o| o.known());
+    words.extend(jvm_args(config, &layout, &rt, &sharing, row_overhead));
     Ok(shell_words::join(words))
 }
 
-fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
+pub(super) fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text)
         .and_then(|_| std::fs::rename(&tmp, path))
@@ -511,7 +517,7 @@ mod tests {
             jolokia_agent: "/cache/jolokia.jar".into(),
         };
         use super::super::cds::Sharing;
-        let args = jvm_args(&c, &layout, &rt, &Sharing::Off);
+        let args = jvm_args(&c, &layout, &rt, &Sharing::Off, None);
         for expected in [
             "-Xmx512M",
             "-Dcassandra.jmx.local.port=7300",
@@ -529,13 +535,14 @@ mod tests {
         assert!(!args
             .iter()
             .any(|a| a.contains("SharedArchiveFile") || a.contains("DumpLoadedClassList")));
-        let mapped = jvm_args(&c, &layout, &rt, &Sharing::Use("/cds/k.jsa".into()));
+        let mapped = jvm_args(&c, &layout, &rt, &Sharing::Use("/cds/k.jsa".into()), None);
         assert!(mapped.contains(&"-XX:SharedArchiveFile=/cds/k.jsa".to_string()));
         let recorded = jvm_args(
             &c,
             &layout,
             &rt,
             &Sharing::Record("/cds/k.1.classlist".into()),
+            None,
         );
         assert!(recorded.contains(&"-XX:DumpLoadedClassList=/cds/k.1.classlist".to_string()));
     }

@@ -19,7 +19,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::files::NodeLayout;
+use super::files::{jvm_args, write_atomically, NodeLayout, Runtime};
+use crate::config::Config;
 
 const LOG_LINE: &str = "Estimated SkipListMemtable row overhead: ";
 /// How long after a start its estimate is looked for in the log.
@@ -39,7 +40,24 @@ pub struct RowOverhead {
     fingerprint: String,
 }
 
+/// The JVM option that passes `bytes` to Cassandra.
+pub fn jvm_option(bytes: u32) -> String {
+    format!("-Dcassandra.memtable.row_overhead_size={bytes}")
+}
+
 impl RowOverhead {
+    /// For the next start of the node of `config` (its `cassandra.yaml`
+    /// written): fingerprinted on its JVM arguments without the options
+    /// that vary per start. `None` (logged) if that cannot be done.
+    pub fn for_start(config: &Config, layout: &NodeLayout, rt: &Runtime) -> Option<Self> {
+        let args = jvm_args(config, layout, rt, &super::cds::Sharing::Off, None);
+        RowOverhead::of(layout, &rt.java, &args)
+            .inspect_err(|e| {
+                tracing::warn!(error = %e, "cannot fingerprint the start for its memtable row overhead")
+            })
+            .ok()
+    }
+
     /// For a start of `java` with `args` (without class sharing options) on
     /// the node of `layout`, whose `cassandra.yaml` is written.
     pub fn of(layout: &NodeLayout, java: &Path, args: &[String]) -> std::io::Result<Self> {
@@ -63,11 +81,6 @@ impl RowOverhead {
         (recorded.fingerprint == self.fingerprint).then_some(recorded.bytes)
     }
 
-    /// The JVM option that passes `bytes` to Cassandra.
-    pub fn jvm_option(bytes: u32) -> String {
-        format!("-Dcassandra.memtable.row_overhead_size={bytes}")
-    }
-
     /// Where the log is now: a start's estimate comes after it.
     pub fn log_position(&self) -> u64 {
         std::fs::metadata(&self.log).map_or(0, |m| m.len())
@@ -83,13 +96,11 @@ impl RowOverhead {
                 continue;
             };
             let recorded = Recorded {
-                fingerprint: self.fingerprint.clone(),
+                fingerprint: self.fingerprint,
                 bytes,
             };
-            let tmp = self.file.with_extension("json.tmp");
-            let written = std::fs::write(&tmp, serde_json::to_vec(&recorded).expect("serializes"))
-                .and_then(|()| std::fs::rename(&tmp, &self.file));
-            match written {
+            let json = serde_json::to_string(&recorded).expect("serializes");
+            match write_atomically(&self.file, &json) {
                 Ok(()) => tracing::info!(
                     bytes,
                     "recorded Cassandra's memtable row overhead; later starts skip its estimate"
@@ -111,7 +122,7 @@ fn estimate_in(log: &Path, from: u64) -> Option<u32> {
     file.seek(SeekFrom::Start(if len < from { 0 } else { from }))
         .ok()?;
     let mut bytes = Vec::new();
-    file.take(len).read_to_end(&mut bytes).ok()?;
+    file.read_to_end(&mut bytes).ok()?;
     String::from_utf8_lossy(&bytes)
         .lines()
         .rev()
@@ -159,7 +170,7 @@ mod tests {
         first.clone().record_from_log(from).await;
         assert_eq!(first.known(), Some(180));
         assert_eq!(
-            RowOverhead::jvm_option(180),
+            jvm_option(180),
             "-Dcassandra.memtable.row_overhead_size=180"
         );
 

@@ -273,24 +273,15 @@ impl Task {
             .append(true)
             .open(self.layout.stdout_log())?;
         let (sharing, archive) = super::cds::sharing_for(&self.config, &rt);
-        let mut args = jvm_args(&self.config, &self.layout, &rt, &sharing);
         // Cassandra's estimate of its memtable row overhead, recorded at an
-        // earlier start that ran alike (see row_overhead).
-        let unsharing = jvm_args(&self.config, &self.layout, &rt, &super::cds::Sharing::Off);
-        let overhead = RowOverhead::of(&self.layout, &rt.java, &unsharing)
-            .inspect_err(
-                |e| warn!(error = %e, "cannot fingerprint the start for its memtable row overhead"),
-            )
-            .ok();
-        let to_record = match overhead.as_ref().map(|o| (o, o.known())) {
-            Some((_, Some(bytes))) => {
-                // Before the main class: a JVM option.
-                args.insert(0, RowOverhead::jvm_option(bytes));
-                None
-            }
-            Some((o, None)) => Some((o.clone(), o.log_position())),
-            None => None,
-        };
+        // earlier start that ran alike, or to be recorded from this one.
+        let overhead = RowOverhead::for_start(&self.config, &self.layout, &rt);
+        let known = overhead.as_ref().and_then(RowOverhead::known);
+        let record = overhead.filter(|_| known.is_none()).map(|o| {
+            let from = o.log_position();
+            o.record_from_log(from)
+        });
+        let args = jvm_args(&self.config, &self.layout, &rt, &sharing, known);
         let mut cmd = Command::new(&rt.java);
         cmd.args(args)
             .current_dir(&self.layout.root)
@@ -304,8 +295,8 @@ impl Task {
             .process_group(0);
         die_with_parent(&mut cmd);
         let child = cmd.spawn()?;
-        if let Some((overhead, from)) = to_record {
-            tokio::spawn(overhead.record_from_log(from));
+        if let Some(record) = record {
+            tokio::spawn(record);
         }
         if let (super::cds::Sharing::Record(list), Some(archive)) = (sharing, archive) {
             let heap_mib = self.config.node.heap.as_u64() / (1024 * 1024);
@@ -501,17 +492,15 @@ async fn stop_leftover_jvms(yaml: &Path) {
             pid,
             "a cassandra of this node from an earlier run is still alive; waiting for it to stop"
         );
-        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-        let mut gone = false;
-        for _ in 0..600 {
-            if kill(Pid::from_raw(pid), None).is_err() {
-                gone = true;
+        let pid = Pid::from_raw(pid);
+        let _ = kill(pid, Signal::SIGTERM);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while kill(pid, None).is_ok() {
+            if tokio::time::Instant::now() >= deadline {
+                let _ = kill(pid, Signal::SIGKILL);
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        if !gone {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
     }
 }
