@@ -300,10 +300,17 @@ pub fn is_staged(staging: &Path, f: &FileEntry) -> bool {
     std::fs::metadata(staged_path(staging, f)).is_ok_and(|m| m.len() == f.size)
 }
 
+/// How many files [`stage`] fetched now, and how many of those it
+/// hard-linked from a local store rather than copied.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Fetched {
+    pub downloaded: u64,
+    pub linked: u64,
+}
+
 /// Downloads every file into `staging`, each checked against its size and
 /// hash before it gets its name, at most at the throttle's rate. Files
 /// already staged (a rerun) are kept.
-/// Returns how many were downloaded now.
 pub async fn stage(
     store: &ObjectStore,
     files: &[FileEntry],
@@ -312,19 +319,20 @@ pub async fn stage(
     throttle: &Throttle,
     progress: &Progress,
     cancel: &CancellationToken,
-) -> Result<u64, BackupError> {
+) -> Result<Fetched, BackupError> {
     for f in files {
         check_entry(f)?;
     }
     progress.start_totals(files.len() as u64, files.iter().map(|f| f.size).sum());
-    let results: Vec<Result<bool, BackupError>> = futures::stream::iter(files.iter().cloned())
+    // Ok(None): staged already; Ok(Some(linked)): fetched now.
+    let results: Vec<Result<Option<bool>, BackupError>> = futures::stream::iter(files.iter().cloned())
         .map(|f| async move {
             let dest = staged_path(staging, &f);
             if is_staged(staging, &f) {
                 progress.bytes_done.fetch_add(f.size, Ordering::Relaxed);
                 progress.files_done.fetch_add(1, Ordering::Relaxed);
                 progress.files_reused.fetch_add(1, Ordering::Relaxed);
-                return Ok(false);
+                return Ok(None);
             }
             if cancel.is_cancelled() {
                 return Err(BackupError::Cancelled);
@@ -342,7 +350,7 @@ pub async fn stage(
                 _ = cancel.cancelled() => return Err(BackupError::Cancelled),
             }
             let mut attempt = 0;
-            loop {
+            let linked = loop {
                 attempt += 1;
                 let counter = progress.track();
                 let result = tokio::select! {
@@ -351,28 +359,31 @@ pub async fn stage(
                 };
                 progress.untrack(&counter, result.is_ok());
                 match result {
-                    Ok(()) => break,
+                    Ok(linked) => break linked,
                     Err(e) if e.is_retryable() && attempt < 3 => continue,
                     Err(BackupError::Corrupt(m)) => {
                         return Err(BackupError::Corrupt(format!("{}: {m}", f.relative_path())))
                     }
                     Err(e) => return Err(e),
                 }
-            }
+            };
             progress.files_done.fetch_add(1, Ordering::Relaxed);
             progress.files_uploaded.fetch_add(1, Ordering::Relaxed);
             progress.bytes_uploaded.fetch_add(f.size, Ordering::Relaxed);
-            Ok(true)
+            Ok(Some(linked))
         })
         .buffer_unordered(concurrency.max(1))
         .collect()
         .await;
-    let mut downloaded = 0;
+    let mut staged = Fetched::default();
     let mut first_error = None;
     for r in results {
         match r {
-            Ok(true) => downloaded += 1,
-            Ok(false) => {}
+            Ok(Some(linked)) => {
+                staged.downloaded += 1;
+                staged.linked += u64::from(linked);
+            }
+            Ok(None) => {}
             Err(e) => {
                 if !matches!(e, BackupError::Cancelled) {
                     progress.error(e.to_string());
@@ -385,6 +396,6 @@ pub async fn stage(
     }
     match first_error {
         Some(e) => Err(e),
-        None => Ok(downloaded),
+        None => Ok(staged),
     }
 }

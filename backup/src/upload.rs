@@ -592,16 +592,31 @@ pub async fn check_object(
 ) -> Result<(), String> {
     fetch_object(store, key, compression, size, hash, None, None)
         .await
+        .map(drop)
         .map_err(|e| match e {
             BackupError::Corrupt(m) => m,
             other => other.to_string(),
         })
 }
 
+/// Whether Cassandra never writes into an existing file of this name, so that
+/// the live file may share its inode with a store object: `Data.db` is
+/// written once, when the SSTable is, and only ever read or unlinked after
+/// (Cassandra's own snapshots and incremental backups are hard links of it).
+/// Other components are not linked: `TOC.txt` is appended to, and a summary
+/// or a filter can be saved again in place.
+pub fn never_rewritten(name: &str) -> bool {
+    name.ends_with("-Data.db")
+}
+
 /// Downloads an object, decompresses it, checks its size and hash, and (with
 /// `dest`) writes it there: through a temp file beside `dest`, synced and
 /// renamed only once it checked out, so `dest` is never half written or
 /// wrong. A mismatch is `Corrupt`; a failed download is the store's error.
+///
+/// A raw object of a local store on `dest`'s filesystem whose name Cassandra
+/// [`never_rewritten`] is hard-linked instead of copied: only read, to check
+/// its hash. Returns whether it was.
 pub async fn fetch_object(
     store: &ObjectStore,
     key: &ObjectKey,
@@ -610,13 +625,34 @@ pub async fn fetch_object(
     hash: &str,
     dest: Option<&Path>,
     progress: Option<Arc<AtomicU64>>,
-) -> Result<(), BackupError> {
+) -> Result<bool, BackupError> {
+    let temp = dest.map(|d| {
+        let name = d
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        d.with_file_name(format!(".{name}.{}.part", uuid::Uuid::new_v4().simple()))
+    });
+    let local = store.local_file(key);
+    // Another filesystem (EXDEV) or one without hard links: copied instead.
+    let linked = match (&local, &temp, dest.and_then(Path::file_name)) {
+        (Some(object), Some(t), Some(name))
+            if compression == Compression::None && never_rewritten(&name.to_string_lossy()) =>
+        {
+            std::fs::hard_link(object, t).is_ok()
+        }
+        _ => false,
+    };
     // A local store's file is read straight from the hashing thread; any
     // other object streams in through a pipe from the download task.
-    let (reader, download): (Box<dyn io::Read + Send>, _) = match store.local_file(key) {
+    let (reader, download): (Box<dyn io::Read + Send>, _) = match local {
         Some(path) => {
-            let file =
-                std::fs::File::open(&path).map_err(|e| StoreError::io("get", key.as_str(), e))?;
+            let file = std::fs::File::open(&path).map_err(|e| {
+                if let (true, Some(t)) = (linked, &temp) {
+                    let _ = std::fs::remove_file(t);
+                }
+                StoreError::io("get", key.as_str(), e)
+            })?;
             (Box::new(file), None)
         }
         None => {
@@ -628,14 +664,9 @@ pub async fn fetch_object(
         }
     };
     let expected = hash.to_string();
-    let temp = dest.map(|d| {
-        let name = d
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        d.with_file_name(format!(".{name}.{}.part", uuid::Uuid::new_v4().simple()))
-    });
-    let temp_for_thread = temp.clone();
+    // A linked object is only hashed: its data is the store's, synced when
+    // the store wrote it.
+    let temp_for_thread = temp.clone().filter(|_| !linked);
     let checked = tokio::task::spawn_blocking(move || -> Result<(), BackupError> {
         let mut reader = reader;
         let file = match &temp_for_thread {
@@ -714,7 +745,7 @@ pub async fn fetch_object(
         }
         _ => {}
     }
-    result
+    result.map(|()| linked)
 }
 
 /// Hashes what passes through, counts it, and writes it to a file if any.

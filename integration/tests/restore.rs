@@ -204,6 +204,11 @@ async fn online_restores_bring_back_tables_exactly_and_to_a_point_in_time() {
     for (t, rows) in tables.iter().zip(&before) {
         assert_eq!(&scan(&session, t).await, rows, "{t} after the restore");
     }
+    // The store is on the data's filesystem: each Data.db was hard-linked
+    // from its object, not copied, and Cassandra imported that very file.
+    let linked = job["result"]["linked"].as_u64().unwrap();
+    assert!(linked >= 3, "one Data.db per table at least: {job}");
+    assert_eq!(data_files_linked_to_store(&node, "shop"), linked, "{job}");
 
     // Point in time: rows written before T come back, rows after T do not.
     exec(
@@ -880,6 +885,44 @@ async fn a_full_restore_killed_while_starting_keeps_the_previous_data_until_resu
     let rows = scan(&session, "kept.t").await;
     assert_eq!(rows.len(), 10, "the backup's rows: {rows:?}");
     assert!(rows.iter().all(|r| r.contains("backed up")), "{rows:?}");
+}
+
+/// Every file below `dir` with its (device, inode).
+fn inodes_below(dir: &std::path::Path) -> Vec<(std::path::PathBuf, (u64, u64))> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for e in entries.flatten() {
+        match e.metadata() {
+            Ok(m) if m.is_dir() => found.extend(inodes_below(&e.path())),
+            Ok(m) => found.push((e.path(), (m.dev(), m.ino()))),
+            Err(_) => {}
+        }
+    }
+    found
+}
+
+/// How many live `*-Data.db` files of `keyspace` (not snapshots or
+/// incremental links) are the very file of an object in the node's
+/// filesystem store.
+fn data_files_linked_to_store(node: &TestNode, keyspace: &str) -> u64 {
+    let store: std::collections::HashSet<_> = inodes_below(&node.dir.join("backup-store"))
+        .into_iter()
+        .map(|(_, inode)| inode)
+        .collect();
+    assert!(!store.is_empty(), "the node's store has objects");
+    inodes_below(&node.data_dir().join(keyspace))
+        .into_iter()
+        .filter(|(path, inode)| {
+            let p = path.to_string_lossy();
+            p.ends_with("-Data.db")
+                && !p.contains("/snapshots/")
+                && !p.contains("/backups/")
+                && store.contains(inode)
+        })
+        .count() as u64
 }
 
 /// How many files are below `dir` (none if it does not exist).

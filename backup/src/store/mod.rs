@@ -320,9 +320,6 @@ impl ObjectStore {
             .await
     }
 
-    /// Streams an object into `writer`; returns the byte count. Only the start
-    /// of the download is retried: after the first byte is written, a failure
-    /// is returned (retryable or not) and the caller starts over.
     /// The file that holds `key` in a local (filesystem) store, for readers on
     /// the same machine to open directly; `None` for other stores, and when
     /// faults are injected (tests), so that those go through the requests.
@@ -342,6 +339,9 @@ impl ObjectStore {
         }
     }
 
+    /// Streams an object into `writer`; returns the byte count. Only the start
+    /// of the download is retried: after the first byte is written, a failure
+    /// is returned (retryable or not) and the caller starts over.
     pub async fn get_to_writer<W>(&self, key: &ObjectKey, writer: &mut W) -> Result<u64, StoreError>
     where
         W: AsyncWrite + Unpin + Send + ?Sized,

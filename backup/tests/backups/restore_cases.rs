@@ -1,5 +1,5 @@
 use anchises_backup::files::Progress;
-use anchises_backup::manifest::BackupId;
+use anchises_backup::manifest::{BackupId, Compression};
 use anchises_backup::restore::{plan_slot, stage, staged_path, Point, Selection, SlotPlan};
 use anchises_backup::upload::Throttle;
 use anchises_backup::{BackupError, ObjectStore};
@@ -188,6 +188,12 @@ pub async fn a_point_in_time_takes_incrementals_written_up_to_it(store: ObjectSt
     assert_eq!(now.incremental_files, 8);
 }
 
+fn same_inode(a: &std::path::Path, b: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let (a, b) = (std::fs::metadata(a).unwrap(), std::fs::metadata(b).unwrap());
+    (a.dev(), a.ino()) == (b.dev(), b.ino())
+}
+
 /// Backs `node` up to `store` (backup `tag`) and plans restoring all of it.
 async fn backed_up_plan(node: &Node, store: &ObjectStore, tag: &str) -> SlotPlan {
     let backups = node.backups(store);
@@ -215,15 +221,32 @@ pub async fn staging_verifies_every_file_and_resumes(store: ObjectStore) {
     )
     .await
     .unwrap();
-    assert_eq!(n, 8);
+    assert_eq!(n.downloaded, 8);
+    // A local store's raw Data.db objects are hard-linked, every other file
+    // copied; nothing is linked from any other store.
+    let mut linked = 0;
     for f in &plan.files {
-        let staged = std::fs::read(staged_path(staging.path(), f)).unwrap();
+        let path = staged_path(staging.path(), f);
+        let staged = std::fs::read(&path).unwrap();
         let original = std::fs::read(
             node.table(if f.keyspace == "ks1" { T1 } else { T2 })
                 .join(&f.name),
         )
         .unwrap();
         assert_eq!(staged, original, "{}", f.name);
+        let object = store.local_file(&f.object_key().unwrap());
+        let shares_inode = object.as_ref().is_some_and(|o| same_inode(o, &path));
+        let should =
+            object.is_some() && f.name.ends_with("-Data.db") && f.compression == Compression::None;
+        assert_eq!(shares_inode, should, "{} ({:?})", f.name, f.compression);
+        linked += u64::from(shares_inode);
+    }
+    assert_eq!(n.linked, linked);
+    if store
+        .local_file(&plan.files[0].object_key().unwrap())
+        .is_some()
+    {
+        assert_eq!(linked, 2, "one Data.db per table");
     }
     assert_eq!(progress.view().bytes_done, plan.bytes);
     // A rerun downloads only what is missing.
@@ -239,34 +262,52 @@ pub async fn staging_verifies_every_file_and_resumes(store: ObjectStore) {
     )
     .await
     .unwrap();
-    assert_eq!(again, 1);
+    assert_eq!(again.downloaded, 1);
 
     // A corrupted object fails staging, naming the file, and leaves no file
-    // under its name.
+    // under its name (nor a temp file beside it), copied or linked.
+    for suffix in ["Index.db", "Data.db"] {
+        let victim = plan
+            .files
+            .iter()
+            .find(|f| f.name.ends_with(suffix))
+            .unwrap();
+        let key = victim.object_key().unwrap();
+        let good = store.get(&key).await.unwrap();
+        let mut bytes = good.to_vec();
+        bytes[10] ^= 1;
+        store.put(&key, bytes.into()).await.unwrap();
+        let fresh = tempfile::tempdir().unwrap();
+        let err = stage(
+            &store,
+            std::slice::from_ref(victim),
+            fresh.path(),
+            3,
+            &Throttle::unlimited(),
+            &Progress::default(),
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, BackupError::Corrupt(_)), "{err:?}");
+        assert!(err.to_string().contains(&victim.name), "{err}");
+        let dir = staged_path(fresh.path(), victim);
+        let dir = dir.parent().unwrap();
+        assert_eq!(
+            std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0),
+            0,
+            "nothing left in {}",
+            dir.display()
+        );
+        store.put(&key, good).await.unwrap();
+    }
     let victim = plan
         .files
         .iter()
         .find(|f| f.name.ends_with("Index.db"))
         .unwrap();
     let key = victim.object_key().unwrap();
-    let mut bytes = store.get(&key).await.unwrap().to_vec();
-    bytes[10] ^= 1;
-    store.put(&key, bytes.into()).await.unwrap();
     let fresh = tempfile::tempdir().unwrap();
-    let err = stage(
-        &store,
-        &plan.files,
-        fresh.path(),
-        3,
-        &Throttle::unlimited(),
-        &Progress::default(),
-        &CancellationToken::new(),
-    )
-    .await
-    .unwrap_err();
-    assert!(matches!(err, BackupError::Corrupt(_)), "{err:?}");
-    assert!(err.to_string().contains(&victim.name), "{err}");
-    assert!(!staged_path(fresh.path(), victim).exists());
     // A missing object too.
     store.delete(&key).await.unwrap();
     let err = stage(

@@ -20,7 +20,9 @@ use std::sync::{Arc, Mutex};
 use anchises_backup::catalog::Catalog;
 use anchises_backup::files::{Progress, ProgressView};
 use anchises_backup::manifest::{BackupId, SlotRef};
-use anchises_backup::restore::{is_system_keyspace, plan_slot, stage, Point, Selection, SlotPlan};
+use anchises_backup::restore::{
+    is_system_keyspace, plan_slot, stage, Fetched, Point, Selection, SlotPlan,
+};
 use anchises_backup::BackupError;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -673,7 +675,7 @@ impl Restores {
             .cloned()
             .collect();
         set_phase("stage");
-        let downloaded = self.stage(&to_stage, &staging, progress, cancel).await?;
+        let staged = self.stage(&to_stage, &staging, progress, cancel).await?;
         if cancel.is_cancelled() {
             return Err(BackupError::Cancelled);
         }
@@ -742,7 +744,8 @@ impl Restores {
         Ok(json!({
             "base_backup": plan.base,
             "files": plan.files.len(),
-            "downloaded": downloaded,
+            "downloaded": staged.downloaded,
+            "linked": staged.linked,
             "bytes": plan.bytes,
             "tables": plan.tables,
             "phase_seconds": clock.seconds().0,
@@ -775,7 +778,7 @@ impl Restores {
         set_phase("stage");
         full::take_back_interrupted(node, &swap, &plan.files);
         swap.reclaim(&staging, &plan.files, cancel).await?;
-        let downloaded = self.stage(&plan.files, &staging, progress, cancel).await?;
+        let staged = self.stage(&plan.files, &staging, progress, cancel).await?;
         if cancel.is_cancelled() {
             return Err(BackupError::Cancelled);
         }
@@ -810,7 +813,8 @@ impl Restores {
             "mode": "full",
             "base_backup": plan.base,
             "files": plan.files.len(),
-            "downloaded": downloaded,
+            "downloaded": staged.downloaded,
+            "linked": staged.linked,
             "bytes": plan.bytes,
             "tables": plan.tables,
             "phase_seconds": phase_seconds,
@@ -826,7 +830,7 @@ impl Restores {
         staging: &Path,
         progress: &Progress,
         cancel: &CancellationToken,
-    ) -> Result<u64, BackupError> {
+    ) -> Result<Fetched, BackupError> {
         stage(
             &self.backups.slot_backups.store,
             files,
