@@ -147,6 +147,20 @@ async fn timed_job(node: &TestNode, path: &str, body: Value) -> (Value, Run) {
     (job, run)
 }
 
+/// A restore job's seconds in each of `names` phases: "stage 1.2 s, …".
+fn phases(job: &Value, names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|p| {
+            let s = job["result"]["phase_seconds"][p]
+                .as_f64()
+                .unwrap_or(f64::NAN);
+            format!("{p} {s:.1} s")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn anchises_figures(what: &str, run: &Run, bytes: u64, note: String) -> Figures {
     Figures {
         what: what.into(),
@@ -261,10 +275,12 @@ async fn anchises_runs(
         &run,
         snapshot_bytes,
         format!(
-            "{} files ({} downloaded), {:.1} MB, then importNewSSTables",
+            "{} files ({} downloaded, {} linked), {:.1} MB; {}",
             job["result"]["files"],
             job["result"]["downloaded"],
-            job["result"]["bytes"].as_f64().unwrap_or(0.0) / 1e6
+            job["result"]["linked"],
+            job["result"]["bytes"].as_f64().unwrap_or(0.0) / 1e6,
+            phases(&job, &["stage", "schema", "import"]),
         ),
     ));
 
@@ -284,19 +300,12 @@ async fn anchises_runs(
         &run,
         snapshot_bytes,
         format!(
-            "{} files ({} downloaded), {:.1} MB; {}down {:.1} s",
+            "{} files ({} downloaded, {} linked), {:.1} MB; {}, down {:.1} s",
             job["result"]["files"],
             job["result"]["downloaded"],
+            job["result"]["linked"],
             job["result"]["bytes"].as_f64().unwrap_or(0.0) / 1e6,
-            ["stage", "stop", "swap", "start", "verify"]
-                .iter()
-                .map(|p| format!(
-                    "{p} {:.1} s, ",
-                    job["result"]["phase_seconds"][p]
-                        .as_f64()
-                        .unwrap_or(f64::NAN)
-                ))
-                .collect::<String>(),
+            phases(&job, &["stage", "stop", "swap", "start", "verify"]),
             job["result"]["down_seconds"].as_f64().unwrap_or(f64::NAN)
         ),
     ));
@@ -780,18 +789,43 @@ fn cpu_ticks() -> (u64, u64) {
     (ticks[3], ticks.iter().sum())
 }
 
-/// Before a timed phase: waits (up to 3 min) until the CPUs were ≥ 90 % idle over 5 s,
-/// so the phase does not share the 2 cores with the tail of the load (compaction,
-/// writeback) or anything else on the machine; then `sync` and drops the page cache if
-/// this process may. Returns whether it could drop it, and the last idle percentage.
+/// Bytes read and written so far by the machine's whole disks (`/proc/diskstats`,
+/// sectors of 512 B; partitions and virtual devices left out).
+fn disk_bytes() -> u64 {
+    let stats = std::fs::read_to_string("/proc/diskstats").unwrap_or_default();
+    stats
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let name = f.get(2)?;
+            let whole = std::path::Path::new("/sys/block").join(name).exists()
+                && !name.starts_with("loop")
+                && !name.starts_with("ram")
+                && !name.starts_with("zram");
+            let sectors = f.get(5)?.parse::<u64>().ok()? + f.get(9)?.parse::<u64>().ok()?;
+            whole.then_some(sectors * 512)
+        })
+        .sum()
+}
+
+/// Before a timed phase: waits (up to 3 min) until, over 5 s, the CPUs were ≥ 90 %
+/// idle and the disks moved < 1 MB/s, so the phase does not share the 2 cores or the
+/// disk with the tail of the load (compaction, which Cassandra throttles to a few
+/// percent of a core, writeback) or anything else on the machine; then `sync` and
+/// drops the page cache if this process may. Returns whether it could drop it, and
+/// the last idle percentage.
 fn quiet_and_cold() -> (bool, f64) {
     let t0 = Instant::now();
     let idle = loop {
         let (i0, t0_ticks) = cpu_ticks();
+        let d0 = disk_bytes();
         std::thread::sleep(Duration::from_secs(5));
         let (i1, t1_ticks) = cpu_ticks();
+        let disk = (disk_bytes() - d0) as f64 / 5e6;
         let idle = (i1 - i0) as f64 * 100.0 / (t1_ticks - t0_ticks).max(1) as f64;
-        if idle >= 90.0 || t0.elapsed() > Duration::from_secs(180) {
+        let waited = t0.elapsed().as_secs_f64();
+        if (idle >= 90.0 && disk < 1.0) || waited > 180.0 {
+            eprintln!("  quiet after {waited:.0} s: {idle:.0}% idle, disk {disk:.1} MB/s");
             break idle;
         }
     };
