@@ -3,7 +3,9 @@
 //! `logback.xml`, `cassandra-rackdc.properties` and the JVM command line.
 //! Pure functions of the config plus one `write` step; no process handling here.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use serde_json::{json, Map, Value};
 
@@ -328,7 +330,23 @@ fn find_java17(configured: Option<&Path>) -> anyhow::Result<PathBuf> {
     anyhow::bail!("no JDK 17 found (looked at $JAVA_HOME and /usr/lib/jvm); install one or set cassandra.java_home")
 }
 
+/// The major version `java -version` prints. Asked once per binary (path,
+/// size and time) in the sidecar's life: running a JVM only to ask takes
+/// 0.1–0.4 s, and every Cassandra start checks.
 fn java_major(java: &Path) -> Option<u32> {
+    type Known = HashMap<(PathBuf, u64, Option<std::time::SystemTime>), Option<u32>>;
+    static KNOWN: std::sync::LazyLock<Mutex<Known>> = std::sync::LazyLock::new(Default::default);
+    let meta = std::fs::metadata(java).ok()?;
+    let key = (java.to_path_buf(), meta.len(), meta.modified().ok());
+    if let Some(&major) = KNOWN.lock().expect("java versions").get(&key) {
+        return major;
+    }
+    let major = ask_java_major(java);
+    KNOWN.lock().expect("java versions").insert(key, major);
+    major
+}
+
+fn ask_java_major(java: &Path) -> Option<u32> {
     let out = std::process::Command::new(java)
         .arg("-version")
         .output()
@@ -449,6 +467,29 @@ pub fn parse_yaml(text: &str) -> anyhow::Result<Map<String, Value>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_java_binary_is_asked_its_version_once_until_it_changes() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (java, calls) = (dir.path().join("java"), dir.path().join("calls"));
+        let script = |version: &str| {
+            format!(
+                "#!/bin/sh\necho run >> {}\necho 'openjdk version \"{version}\" 2025-04-15' >&2\n",
+                calls.display()
+            )
+        };
+        std::fs::write(&java, script("17.0.15")).unwrap();
+        std::fs::set_permissions(&java, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let runs = || std::fs::read_to_string(&calls).unwrap().lines().count();
+        assert_eq!(java_major(&java), Some(17));
+        assert_eq!(java_major(&java), Some(17));
+        assert_eq!(runs(), 1, "the second start does not run it again");
+        // Another binary at the same path (a JDK upgrade): asked again.
+        std::fs::write(&java, script("21.0.7")).unwrap();
+        assert_eq!(java_major(&java), Some(21));
+        assert_eq!(runs(), 2);
+    }
 
     fn config() -> Config {
         let mut c = Config::default();
