@@ -290,6 +290,21 @@ pub async fn plan_slot(
     })
 }
 
+/// Whether [`stage`] will hard-link `f` from `store` rather than copy it,
+/// into a staging directory under `root`: a local store's object that
+/// [`may_link`](crate::upload::may_link), on `root`'s filesystem. Such a
+/// file takes no room there.
+pub fn links(store: &ObjectStore, f: &FileEntry, root: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let device = |p: &Path| std::fs::metadata(p).map(|m| m.dev()).ok();
+    crate::upload::may_link(f.compression, &f.name)
+        && f.object_key()
+            .ok()
+            .and_then(|key| store.local_file(&key))
+            .and_then(|object| device(&object))
+            .is_some_and(|d| Some(d) == device(root))
+}
+
 /// Where a planned file is staged: `<staging>/<ks>/<table dir>/<name>`.
 pub fn staged_path(staging: &Path, f: &FileEntry) -> PathBuf {
     staging.join(&f.keyspace).join(&f.table_dir).join(&f.name)

@@ -605,8 +605,15 @@ pub async fn check_object(
 /// (Cassandra's own snapshots and incremental backups are hard links of it).
 /// Other components are not linked: `TOC.txt` is appended to, and a summary
 /// or a filter can be saved again in place.
-pub fn never_rewritten(name: &str) -> bool {
+fn never_rewritten(name: &str) -> bool {
     name.ends_with("-Data.db")
+}
+
+/// Whether [`fetch_object`] links a local store's object of this encoding
+/// for a file of this name (when the store is on the same filesystem): a raw
+/// object of a file Cassandra [`never_rewritten`].
+pub fn may_link(compression: Compression, name: &str) -> bool {
+    compression == Compression::None && never_rewritten(name)
 }
 
 /// Downloads an object, decompresses it, checks its size and hash, and (with
@@ -636,9 +643,7 @@ pub async fn fetch_object(
     let local = store.local_file(key);
     // Another filesystem (EXDEV) or one without hard links: copied instead.
     let linked = match (&local, &temp, dest.and_then(Path::file_name)) {
-        (Some(object), Some(t), Some(name))
-            if compression == Compression::None && never_rewritten(&name.to_string_lossy()) =>
-        {
+        (Some(object), Some(t), Some(name)) if may_link(compression, &name.to_string_lossy()) => {
             std::fs::hard_link(object, t).is_ok()
         }
         _ => false,

@@ -1,6 +1,6 @@
 use anchises_backup::files::Progress;
 use anchises_backup::manifest::{BackupId, Compression};
-use anchises_backup::restore::{plan_slot, stage, staged_path, Point, Selection, SlotPlan};
+use anchises_backup::restore::{links, plan_slot, stage, staged_path, Point, Selection, SlotPlan};
 use anchises_backup::upload::Throttle;
 use anchises_backup::{BackupError, ObjectStore};
 use time::OffsetDateTime;
@@ -239,6 +239,7 @@ pub async fn staging_verifies_every_file_and_resumes(store: ObjectStore) {
         let should =
             object.is_some() && f.name.ends_with("-Data.db") && f.compression == Compression::None;
         assert_eq!(shares_inode, should, "{} ({:?})", f.name, f.compression);
+        assert_eq!(links(&store, f, staging.path()), should, "{}", f.name);
         linked += u64::from(shares_inode);
     }
     assert_eq!(n.linked, linked);

@@ -21,7 +21,7 @@ use anchises_backup::catalog::Catalog;
 use anchises_backup::files::{Progress, ProgressView};
 use anchises_backup::manifest::{BackupId, SlotRef};
 use anchises_backup::restore::{
-    is_system_keyspace, plan_slot, stage, Fetched, Point, Selection, SlotPlan,
+    is_system_keyspace, links, plan_slot, stage, Fetched, Point, Selection, SlotPlan,
 };
 use anchises_backup::BackupError;
 use serde::{Deserialize, Serialize};
@@ -346,20 +346,23 @@ impl Restores {
             .plan_for(req, self.backups.slot(), own_tokens, &live)
             .await?;
         let imported = continued.map(|s| s.imported).unwrap_or_default();
+        let data_dir = &self.backups.config.node.data_dir;
+        let data = crate::cassandra::files::NodeLayout::new(data_dir).data;
+        // A linked file takes no room, unless the import or the layout then
+        // copies it onto the data's filesystem.
+        let store = &self.backups.slot_backups.store;
+        let linked = |f: &anchises_backup::manifest::FileEntry| {
+            links(store, f, data_dir) && links(store, f, &data)
+        };
         let to_stage = bytes_to_stage(
             &plan.files,
             continues.map(|id| self.root().join(id)).as_deref(),
             &imported,
+            &linked,
         );
         let min_free = self.backups.config.backup.restore_min_free.as_u64();
-        let data =
-            crate::cassandra::files::NodeLayout::new(&self.backups.config.node.data_dir).data;
-        view.blockers.extend(space_blockers(
-            &self.backups.config.node.data_dir,
-            &data,
-            to_stage,
-            min_free,
-        ));
+        view.blockers
+            .extend(space_blockers(data_dir, &data, to_stage, min_free));
         if req.mode == RestoreMode::Full {
             view.blockers
                 .extend(full::held_by_other(&self.backups.config, continues));
@@ -1013,11 +1016,13 @@ fn table_of(f: &anchises_backup::manifest::FileEntry) -> String {
 /// The bytes of `files` still to download: those neither kept already by
 /// the restore continued in `continued_dir` (in its staging, or taken back
 /// into `returned` by a full-node restore's rollback) nor of a table in
-/// `imported` (Cassandra moved those files into the table).
+/// `imported` (Cassandra moved those files into the table), nor `linked`
+/// from the store rather than copied.
 fn bytes_to_stage(
     files: &[anchises_backup::manifest::FileEntry],
     continued_dir: Option<&Path>,
     imported: &[String],
+    linked: &dyn Fn(&anchises_backup::manifest::FileEntry) -> bool,
 ) -> u64 {
     let kept: Vec<PathBuf> = continued_dir
         .map(|dir| vec![dir.join("staging"), dir.join(full::RETURNED)])
@@ -1026,6 +1031,7 @@ fn bytes_to_stage(
         .iter()
         .filter(|f| {
             !imported.contains(&table_of(f))
+                && !linked(f)
                 && !kept
                     .iter()
                     .any(|d| anchises_backup::restore::is_staged(d, f))
@@ -2037,12 +2043,16 @@ mod tests {
         place(full::RETURNED, &files[1], 1_000);
         place("staging", &files[4], 999);
         let imported = vec!["ks.imported".to_string()];
+        let copied = |_: &anchises_backup::manifest::FileEntry| false;
         assert_eq!(
-            bytes_to_stage(&files, Some(dir.path()), &imported),
+            bytes_to_stage(&files, Some(dir.path()), &imported, &copied),
             100_000 + 1_000_000
         );
         // A new restore keeps nothing.
-        assert_eq!(bytes_to_stage(&files, None, &[]), 1_111_100);
+        assert_eq!(bytes_to_stage(&files, None, &[], &copied), 1_111_100);
+        // A file linked from the store takes no room.
+        let linked = |f: &anchises_backup::manifest::FileEntry| f.table_dir.starts_with("missing-");
+        assert_eq!(bytes_to_stage(&files, None, &[], &linked), 1_011_100);
     }
 
     #[test]
