@@ -268,6 +268,46 @@ impl ClusterBackups {
         }
     }
 
+    /// Claims `what` (a record under the cluster in the coordinator store,
+    /// such as the take-over of a cluster restore) for `me`: true for the
+    /// first node to ask, false for every later one.
+    pub(crate) async fn claim_once(&self, what: &str, me: &SlotRef) -> Result<bool, BackupError> {
+        let key = CasKey::new(format!("{}/{what}", self.cluster))
+            .map_err(|e| BackupError::Invalid(e.to_string()))?;
+        let record = anchises_topology::cas::to_json_bytes(&Finisher {
+            slot: me.clone(),
+            at: OffsetDateTime::now_utc(),
+        });
+        match self.coordination.put_if_absent(&key, record).await {
+            Ok(_) => Ok(true),
+            Err(CasError::Conflict { .. }) => Ok(false),
+            Err(e) => Err(BackupError::Invalid(format!("cannot write {what}: {e}"))),
+        }
+    }
+
+    /// Removes the claims under `prefix` (see [`Self::claim_once`]) whose
+    /// name (the rest of the key) `keep` rejects.
+    pub(crate) async fn release_claims(
+        &self,
+        prefix: &str,
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<(), BackupError> {
+        let full = format!("{}/{prefix}", self.cluster);
+        let cas = |e: CasError| BackupError::Invalid(format!("cannot remove a claim: {e}"));
+        for key in self.coordination.list(&full).await.map_err(cas)? {
+            if keep(&key.as_str()[full.len()..]) {
+                continue;
+            }
+            if let Some(held) = self.coordination.get(&key).await.map_err(cas)? {
+                match self.coordination.delete_if_match(&key, &held.version).await {
+                    Ok(()) | Err(CasError::Conflict { .. }) => {}
+                    Err(e) => return Err(cas(e)),
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Renews the finisher record the coordinator holds; an error once
     /// another node has taken it over.
     async fn renew_finisher(
@@ -844,6 +884,47 @@ mod tests {
             .unwrap()
             .is_some()
         }
+    }
+
+    #[tokio::test]
+    async fn a_claim_goes_to_the_first_node_that_asks() {
+        let fx = Abandoned::new(Duration::ZERO).await;
+        let (a, b) = (&fx.request.nodes[0].slot, &fx.request.nodes[1].slot);
+        assert!(fx
+            .backups
+            .claim_once("restores/takeover/r1.json", a)
+            .await
+            .unwrap());
+        assert!(!fx
+            .backups
+            .claim_once("restores/takeover/r1.json", b)
+            .await
+            .unwrap());
+        assert!(!fx
+            .backups
+            .claim_once("restores/takeover/r1.json", a)
+            .await
+            .unwrap());
+        assert!(fx
+            .backups
+            .claim_once("restores/takeover/r2.json", b)
+            .await
+            .unwrap());
+        // Released, a claim can be made again; the kept one stays held.
+        fx.backups
+            .release_claims("restores/takeover/", |name| name == "r2.json")
+            .await
+            .unwrap();
+        assert!(fx
+            .backups
+            .claim_once("restores/takeover/r1.json", b)
+            .await
+            .unwrap());
+        assert!(!fx
+            .backups
+            .claim_once("restores/takeover/r2.json", a)
+            .await
+            .unwrap());
     }
 
     #[tokio::test]

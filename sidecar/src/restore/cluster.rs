@@ -130,6 +130,48 @@ impl NodePart {
     }
 }
 
+/// A coordinator removes its request within seconds of the last part
+/// ending (or, restarted, takes the restore up again within seconds): one
+/// left this long after that has lost its coordinator for good, and a node
+/// of the restore takes it over ([`Restores::take_over_abandoned`]).
+const ABANDONED_AFTER: Duration = Duration::from_secs(600);
+/// How often a node looks for such requests.
+const TAKE_OVER_CHECK: Duration = Duration::from_secs(60);
+
+/// Whether `request`, whose nodes' parts are `parts`, lost its coordinator
+/// for good as of `now`: no part is awaited any more, and the last of them
+/// (or the request, if none reported) was heard of over [`ABANDONED_AFTER`]
+/// ago.
+fn abandoned(request: &Request, parts: &[NodePart], now: OffsetDateTime) -> bool {
+    let waited = Duration::try_from(now - request.requested_at).unwrap_or_default();
+    let last = parts
+        .iter()
+        .filter_map(|p| p.updated_at)
+        .chain([request.requested_at])
+        .max()
+        .unwrap_or(request.requested_at);
+    !parts.iter().any(|p| p.awaited(waited, now)) && now - last > ABANDONED_AFTER
+}
+
+/// Where the records of the nodes that took over abandoned cluster
+/// restores are, in the coordinator store (under the cluster), named as the
+/// requests are.
+const TAKEOVERS: &str = "restores/takeover/";
+
+fn takeover_record(id: &str) -> String {
+    format!("{TAKEOVERS}{id}.json")
+}
+
+/// Each node's part of `request` as its status says (pending without one).
+async fn parts_of(store: &ObjectStore, request: &Request) -> Result<Vec<NodePart>, BackupError> {
+    let mut parts = Vec::with_capacity(request.nodes.len());
+    for t in &request.nodes {
+        let part = get_json::<NodePart>(store, &status_key(&request.id, &t.slot)?).await?;
+        parts.push(part.unwrap_or_else(|| pending(t)));
+    }
+    Ok(parts)
+}
+
 fn request_key(cluster: &str, id: &str) -> Result<ObjectKey, StoreError> {
     ObjectKey::new(format!("{cluster}/restores/requests/{id}.json"))
 }
@@ -506,11 +548,7 @@ impl Restores {
         let key = request_key(cluster.cluster(), id)?;
         let started = tokio::time::Instant::now();
         let parts = loop {
-            let mut parts = Vec::with_capacity(targets.len());
-            for t in targets {
-                let part = get_json::<NodePart>(store, &status_key(id, &t.slot)?).await?;
-                parts.push(part.unwrap_or_else(|| pending(t)));
-            }
+            let parts = parts_of(store, request).await?;
             let now = OffsetDateTime::now_utc();
             let waiting = parts.iter().any(|p| p.awaited(started.elapsed(), now));
             shared.lock().expect("restore lock").nodes = Some(parts.clone());
@@ -568,15 +606,69 @@ impl Restores {
             tracing::warn!(error = %e, "cannot clear up after ended cluster restores");
         }
         let handled = Arc::new(Mutex::new(HashSet::new()));
+        let mut checked = tokio::time::Instant::now();
         loop {
             if let Err(e) = self.pick_up(&cluster, &handled, &stop).await {
                 tracing::warn!(error = %e, "cannot check for cluster restore requests");
+            }
+            if checked.elapsed() >= TAKE_OVER_CHECK {
+                checked = tokio::time::Instant::now();
+                if let Err(e) = self.take_over_abandoned(&cluster).await {
+                    tracing::warn!(error = %e, "cannot check for abandoned cluster restores");
+                }
             }
             tokio::select! {
                 _ = tokio::time::sleep(POLL) => {}
                 _ = stop.cancelled() => return,
             }
         }
+    }
+
+    /// Takes over, on one node of each, the cluster restores whose
+    /// coordinator is gone for good ([`abandoned`]): follows it as the
+    /// coordinator would have (which ends it at once, every part having
+    /// ended), so the request and the statuses go and this node's
+    /// `GET /v1/restores/{id}` shows how it went.
+    async fn take_over_abandoned(
+        self: &Arc<Self>,
+        cluster: &Arc<ClusterBackups>,
+    ) -> Result<(), BackupError> {
+        let store = cluster.store();
+        let prefix = format!("{}/restores/requests/", cluster.cluster());
+        let me = self.backups.slot().clone();
+        let now = OffsetDateTime::now_utc();
+        let requests = store.list(&prefix).await?;
+        // The take-over records of restores that have ended since.
+        let live: HashSet<&str> = requests
+            .iter()
+            .filter_map(|o| o.key.as_str().strip_prefix(&prefix))
+            .collect();
+        cluster
+            .release_claims(TAKEOVERS, |name| live.contains(name))
+            .await?;
+        for object in requests {
+            let Some(request) = get_json::<Request>(store, &object.key).await? else {
+                continue;
+            };
+            let id = request.id.clone();
+            if request.coordinator.as_ref() == Some(&me)
+                || self.coordinates(&id)
+                || !request.nodes.iter().any(|n| n.slot == me)
+                || now - request.requested_at < ABANDONED_AFTER
+                || !abandoned(&request, &parts_of(store, &request).await?, now)
+                || !cluster.claim_once(&takeover_record(&id), &me).await?
+            {
+                continue;
+            }
+            tracing::warn!(
+                restore = %id,
+                coordinator = request.coordinator.as_ref().map(|c| c.label()).unwrap_or_default(),
+                "the node coordinating this cluster restore is gone: this node ends it"
+            );
+            self.adopt(request)
+                .map_err(|e| BackupError::Invalid(e.to_string()))?;
+        }
+        Ok(())
     }
 
     async fn pick_up(
@@ -922,6 +1014,42 @@ mod tests {
         ] {
             assert!(!part(ended, Some(0), now).awaited(early, now));
         }
+    }
+
+    #[test]
+    fn a_request_left_long_after_its_parts_ended_is_abandoned() {
+        let now = OffsetDateTime::now_utc();
+        let ago = |secs: i64| now - time::Duration::seconds(secs);
+        let request = |asked_secs_ago: i64| Request {
+            id: "r1".into(),
+            requested_at: ago(asked_secs_ago),
+            request: CreateRestore::default(),
+            nodes: Vec::new(),
+            coordinator: None,
+            asked: None,
+        };
+        let long = ABANDONED_AFTER.as_secs() as i64 + 60;
+        let ended = [
+            part(RestoreState::Done, Some(long), now),
+            part(RestoreState::Failed, Some(long + 100), now),
+        ];
+        assert!(abandoned(&request(long + 600), &ended, now));
+        // A part that ended a moment ago: its coordinator may be ending it.
+        let recent = [
+            part(RestoreState::Done, Some(long), now),
+            part(RestoreState::Cancelled, Some(30), now),
+        ];
+        assert!(!abandoned(&request(long + 600), &recent, now));
+        // A part still running and reporting: the restore goes on.
+        let running = [
+            part(RestoreState::Done, Some(long), now),
+            part(RestoreState::Running, Some(2), now),
+        ];
+        assert!(!abandoned(&request(long + 600), &running, now));
+        // A part that never started, long after the request: not awaited.
+        let never = [part(RestoreState::Pending, None, now)];
+        assert!(abandoned(&request(long), &never, now));
+        assert!(!abandoned(&request(60), &never, now));
     }
 
     #[tokio::test]
