@@ -188,6 +188,25 @@ pub async fn a_point_in_time_takes_incrementals_written_up_to_it(store: ObjectSt
     assert_eq!(now.incremental_files, 8);
 }
 
+/// Stages `files` into `dir`, 3 at a time, unthrottled.
+async fn stage_into(
+    store: &ObjectStore,
+    files: &[anchises_backup::manifest::FileEntry],
+    dir: &std::path::Path,
+) -> Result<anchises_backup::restore::Fetched, BackupError> {
+    let (progress, cancel) = (Progress::default(), CancellationToken::new());
+    stage(
+        store,
+        files,
+        dir,
+        3,
+        &Throttle::unlimited(),
+        &progress,
+        &cancel,
+    )
+    .await
+}
+
 fn same_inode(a: &std::path::Path, b: &std::path::Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     let (a, b) = (std::fs::metadata(a).unwrap(), std::fs::metadata(b).unwrap());
@@ -252,17 +271,9 @@ pub async fn staging_verifies_every_file_and_resumes(store: ObjectStore) {
     assert_eq!(progress.view().bytes_done, plan.bytes);
     // A rerun downloads only what is missing.
     std::fs::remove_file(staged_path(staging.path(), &plan.files[0])).unwrap();
-    let again = stage(
-        &store,
-        &plan.files,
-        staging.path(),
-        3,
-        &Throttle::unlimited(),
-        &Progress::default(),
-        &CancellationToken::new(),
-    )
-    .await
-    .unwrap();
+    let again = stage_into(&store, &plan.files, staging.path())
+        .await
+        .unwrap();
     assert_eq!(again.downloaded, 1);
 
     // A corrupted object fails staging, naming the file, and leaves no file
@@ -279,17 +290,9 @@ pub async fn staging_verifies_every_file_and_resumes(store: ObjectStore) {
         bytes[10] ^= 1;
         store.put(&key, bytes.into()).await.unwrap();
         let fresh = tempfile::tempdir().unwrap();
-        let err = stage(
-            &store,
-            std::slice::from_ref(victim),
-            fresh.path(),
-            3,
-            &Throttle::unlimited(),
-            &Progress::default(),
-            &CancellationToken::new(),
-        )
-        .await
-        .unwrap_err();
+        let err = stage_into(&store, std::slice::from_ref(victim), fresh.path())
+            .await
+            .unwrap_err();
         assert!(matches!(err, BackupError::Corrupt(_)), "{err:?}");
         assert!(err.to_string().contains(&victim.name), "{err}");
         let dir = staged_path(fresh.path(), victim);
@@ -311,17 +314,9 @@ pub async fn staging_verifies_every_file_and_resumes(store: ObjectStore) {
     let fresh = tempfile::tempdir().unwrap();
     // A missing object too.
     store.delete(&key).await.unwrap();
-    let err = stage(
-        &store,
-        &plan.files,
-        fresh.path(),
-        3,
-        &Throttle::unlimited(),
-        &Progress::default(),
-        &CancellationToken::new(),
-    )
-    .await
-    .unwrap_err();
+    let err = stage_into(&store, &plan.files, fresh.path())
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("not found"), "{err}");
 }
 

@@ -888,43 +888,23 @@ mod tests {
 
     #[tokio::test]
     async fn a_claim_goes_to_the_first_node_that_asks() {
+        async fn claim(backups: &ClusterBackups, id: &str, who: &SlotRef) -> bool {
+            let what = format!("restores/takeover/{id}.json");
+            backups.claim_once(&what, who).await.unwrap()
+        }
         let fx = Abandoned::new(Duration::ZERO).await;
-        let (a, b) = (&fx.request.nodes[0].slot, &fx.request.nodes[1].slot);
-        assert!(fx
-            .backups
-            .claim_once("restores/takeover/r1.json", a)
-            .await
-            .unwrap());
-        assert!(!fx
-            .backups
-            .claim_once("restores/takeover/r1.json", b)
-            .await
-            .unwrap());
-        assert!(!fx
-            .backups
-            .claim_once("restores/takeover/r1.json", a)
-            .await
-            .unwrap());
-        assert!(fx
-            .backups
-            .claim_once("restores/takeover/r2.json", b)
-            .await
-            .unwrap());
+        let b = &fx.backups;
+        let (n0, n1) = (&fx.request.nodes[0].slot, &fx.request.nodes[1].slot);
+        assert!(claim(b, "r1", n0).await);
+        assert!(!claim(b, "r1", n1).await);
+        assert!(!claim(b, "r1", n0).await);
+        assert!(claim(b, "r2", n1).await);
         // Released, a claim can be made again; the kept one stays held.
-        fx.backups
-            .release_claims("restores/takeover/", |name| name == "r2.json")
+        b.release_claims("restores/takeover/", |name| name == "r2.json")
             .await
             .unwrap();
-        assert!(fx
-            .backups
-            .claim_once("restores/takeover/r1.json", b)
-            .await
-            .unwrap());
-        assert!(!fx
-            .backups
-            .claim_once("restores/takeover/r2.json", a)
-            .await
-            .unwrap());
+        assert!(claim(b, "r1", n1).await);
+        assert!(!claim(b, "r2", n0).await);
     }
 
     #[tokio::test]
