@@ -665,8 +665,17 @@ impl Restores {
                 coordinator = request.coordinator.as_ref().map(|c| c.label()).unwrap_or_default(),
                 "the node coordinating this cluster restore is gone: this node ends it"
             );
-            self.adopt(request)
-                .map_err(|e| BackupError::Invalid(e.to_string()))?;
+            if let Err(e) = self.adopt(request) {
+                // Claimed but not taken up (a job of this node's runs): the
+                // claim goes, for the next look here or on another node.
+                let record = format!("{id}.json");
+                cluster
+                    .release_claims(TAKEOVERS, |name| name != record)
+                    .await?;
+                return Err(BackupError::Invalid(format!(
+                    "cannot take over cluster restore {id}: {e}"
+                )));
+            }
         }
         Ok(())
     }
