@@ -633,31 +633,13 @@ pub async fn fetch_object(
     dest: Option<&Path>,
     progress: Option<Arc<AtomicU64>>,
 ) -> Result<bool, BackupError> {
-    let temp = dest.map(|d| {
-        let name = d
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        d.with_file_name(format!(".{name}.{}.part", uuid::Uuid::new_v4().simple()))
-    });
     let local = store.local_file(key);
-    // Another filesystem (EXDEV) or one without hard links: copied instead.
-    let linked = match (&local, &temp, dest.and_then(Path::file_name)) {
-        (Some(object), Some(t), Some(name)) if may_link(compression, &name.to_string_lossy()) => {
-            std::fs::hard_link(object, t).is_ok()
-        }
-        _ => false,
-    };
     // A local store's file is read straight from the hashing thread; any
     // other object streams in through a pipe from the download task.
-    let (reader, download): (Box<dyn io::Read + Send>, _) = match local {
+    let (reader, download): (Box<dyn io::Read + Send>, _) = match &local {
         Some(path) => {
-            let file = std::fs::File::open(&path).map_err(|e| {
-                if let (true, Some(t)) = (linked, &temp) {
-                    let _ = std::fs::remove_file(t);
-                }
-                StoreError::io("get", key.as_str(), e)
-            })?;
+            let file =
+                std::fs::File::open(path).map_err(|e| StoreError::io("get", key.as_str(), e))?;
             (Box::new(file), None)
         }
         None => {
@@ -667,6 +649,20 @@ pub async fn fetch_object(
             let task = tokio::spawn(async move { store.get_to_writer(&key, &mut write_end).await });
             (Box::new(SyncIoBridge::new(read_end)), Some(task))
         }
+    };
+    let temp = dest.map(|d| {
+        let name = d
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        d.with_file_name(format!(".{name}.{}.part", uuid::Uuid::new_v4().simple()))
+    });
+    // Another filesystem (EXDEV) or one without hard links: copied instead.
+    let linked = match (&local, &temp, dest.and_then(Path::file_name)) {
+        (Some(object), Some(t), Some(name)) if may_link(compression, &name.to_string_lossy()) => {
+            std::fs::hard_link(object, t).is_ok()
+        }
+        _ => false,
     };
     let expected = hash.to_string();
     // A linked object is only hashed: its data is the store's, synced when

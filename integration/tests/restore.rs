@@ -927,17 +927,7 @@ fn data_files_linked_to_store(node: &TestNode, keyspace: &str) -> u64 {
 
 /// How many files are below `dir` (none if it does not exist).
 fn files_below(dir: &std::path::Path) -> usize {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => files_below(&e.path()),
-            Ok(_) => 1,
-            Err(_) => 0,
-        })
-        .sum()
+    inodes_below(dir).len()
 }
 
 /// Polls restore `id` until it is no longer running (a rollback starts the

@@ -334,10 +334,11 @@ fn find_java17(configured: Option<&Path>) -> anyhow::Result<PathBuf> {
 /// size and time) in the sidecar's life: running a JVM only to ask takes
 /// 0.1–0.4 s, and every Cassandra start checks.
 fn java_major(java: &Path) -> Option<u32> {
-    type Known = HashMap<(PathBuf, u64, Option<std::time::SystemTime>), Option<u32>>;
-    static KNOWN: std::sync::LazyLock<Mutex<Known>> = std::sync::LazyLock::new(Default::default);
-    let meta = std::fs::metadata(java).ok()?;
-    let key = (java.to_path_buf(), meta.len(), meta.modified().ok());
+    static KNOWN: std::sync::LazyLock<Mutex<HashMap<blake3::Hash, Option<u32>>>> =
+        std::sync::LazyLock::new(Default::default);
+    let mut stamp = blake3::Hasher::new();
+    super::cds::stamp_file(&mut stamp, java).ok()?;
+    let key = stamp.finalize();
     if let Some(&major) = KNOWN.lock().expect("java versions").get(&key) {
         return major;
     }

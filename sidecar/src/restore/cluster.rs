@@ -147,9 +147,7 @@ fn abandoned(request: &Request, parts: &[NodePart], now: OffsetDateTime) -> bool
     let last = parts
         .iter()
         .filter_map(|p| p.updated_at)
-        .chain([request.requested_at])
-        .max()
-        .unwrap_or(request.requested_at);
+        .fold(request.requested_at, OffsetDateTime::max);
     !parts.iter().any(|p| p.awaited(waited, now)) && now - last > ABANDONED_AFTER
 }
 
@@ -160,6 +158,19 @@ const TAKEOVERS: &str = "restores/takeover/";
 
 fn takeover_record(id: &str) -> String {
     format!("{TAKEOVERS}{id}.json")
+}
+
+/// The cluster's restore requests, each with its key.
+async fn requests_of(cluster: &ClusterBackups) -> Result<Vec<(ObjectKey, Request)>, BackupError> {
+    let store = cluster.store();
+    let prefix = format!("{}/restores/requests/", cluster.cluster());
+    let mut requests = Vec::new();
+    for object in store.list(&prefix).await? {
+        if let Some(request) = get_json::<Request>(store, &object.key).await? {
+            requests.push((object.key, request));
+        }
+    }
+    Ok(requests)
 }
 
 /// Each node's part of `request` as its status says (pending without one).
@@ -608,14 +619,21 @@ impl Restores {
         let handled = Arc::new(Mutex::new(HashSet::new()));
         let mut checked = tokio::time::Instant::now();
         loop {
-            if let Err(e) = self.pick_up(&cluster, &handled, &stop).await {
-                tracing::warn!(error = %e, "cannot check for cluster restore requests");
-            }
-            if checked.elapsed() >= TAKE_OVER_CHECK {
-                checked = tokio::time::Instant::now();
-                if let Err(e) = self.take_over_abandoned(&cluster).await {
-                    tracing::warn!(error = %e, "cannot check for abandoned cluster restores");
+            // One listing serves both looks.
+            let looked = match requests_of(&cluster).await {
+                Ok(requests) => {
+                    if checked.elapsed() >= TAKE_OVER_CHECK {
+                        checked = tokio::time::Instant::now();
+                        if let Err(e) = self.take_over_abandoned(&cluster, &requests).await {
+                            tracing::warn!(error = %e, "cannot check for abandoned cluster restores");
+                        }
+                    }
+                    self.pick_up(&cluster, &requests, &handled, &stop).await
                 }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = looked {
+                tracing::warn!(error = %e, "cannot check for cluster restore requests");
             }
             tokio::select! {
                 _ = tokio::time::sleep(POLL) => {}
@@ -632,30 +650,27 @@ impl Restores {
     async fn take_over_abandoned(
         self: &Arc<Self>,
         cluster: &Arc<ClusterBackups>,
+        requests: &[(ObjectKey, Request)],
     ) -> Result<(), BackupError> {
         let store = cluster.store();
-        let prefix = format!("{}/restores/requests/", cluster.cluster());
         let me = self.backups.slot().clone();
         let now = OffsetDateTime::now_utc();
-        let requests = store.list(&prefix).await?;
         // The take-over records of restores that have ended since.
-        let live: HashSet<&str> = requests
+        let live: HashSet<String> = requests
             .iter()
-            .filter_map(|o| o.key.as_str().strip_prefix(&prefix))
+            .map(|(_, r)| format!("{}.json", r.id))
             .collect();
         cluster
             .release_claims(TAKEOVERS, |name| live.contains(name))
             .await?;
-        for object in requests {
-            let Some(request) = get_json::<Request>(store, &object.key).await? else {
-                continue;
-            };
+        for (_, request) in requests {
             let id = request.id.clone();
             if request.coordinator.as_ref() == Some(&me)
                 || self.coordinates(&id)
                 || !request.nodes.iter().any(|n| n.slot == me)
+                // (implied by `abandoned`, but spares reading the statuses)
                 || now - request.requested_at < ABANDONED_AFTER
-                || !abandoned(&request, &parts_of(store, &request).await?, now)
+                || !abandoned(request, &parts_of(store, request).await?, now)
                 || !cluster.claim_once(&takeover_record(&id), &me).await?
             {
                 continue;
@@ -665,7 +680,7 @@ impl Restores {
                 coordinator = request.coordinator.as_ref().map(|c| c.label()).unwrap_or_default(),
                 "the node coordinating this cluster restore is gone: this node ends it"
             );
-            if let Err(e) = self.adopt(request) {
+            if let Err(e) = self.adopt(request.clone()) {
                 // Claimed but not taken up (a job of this node's runs): the
                 // claim goes, for the next look here or on another node.
                 let record = format!("{id}.json");
@@ -683,16 +698,13 @@ impl Restores {
     async fn pick_up(
         self: &Arc<Self>,
         cluster: &Arc<ClusterBackups>,
+        requests: &[(ObjectKey, Request)],
         handled: &Arc<Mutex<HashSet<String>>>,
         stop: &CancellationToken,
     ) -> Result<(), BackupError> {
         let store = cluster.store();
-        let prefix = format!("{}/restores/requests/", cluster.cluster());
         let me = self.backups.slot().clone();
-        for object in store.list(&prefix).await? {
-            let Some(request) = get_json::<Request>(store, &object.key).await? else {
-                continue;
-            };
+        for (request_object, request) in requests {
             let id = request.id.clone();
             if request.coordinator.as_ref() == Some(&me) && !self.coordinates(&id) {
                 match self.adopt(request.clone()) {
@@ -716,7 +728,7 @@ impl Restores {
             let reported = get_json::<NodePart>(store, &key).await?;
             let part = PartKeys {
                 id: id.clone(),
-                request: object.key.clone(),
+                request: request_object.clone(),
                 status: key.clone(),
                 requested_at: request.requested_at,
             };

@@ -351,9 +351,13 @@ impl Restores {
         // A linked file takes no room, unless the import or the layout then
         // copies it onto the data's filesystem.
         let store = &self.backups.slot_backups.store;
-        let linked = |f: &anchises_backup::manifest::FileEntry| {
-            links(store, f, data_dir) && links(store, f, &data)
+        let one_filesystem = {
+            use std::os::unix::fs::MetadataExt;
+            let device = |p: &Path| std::fs::metadata(p).map(|m| m.dev()).ok();
+            device(data_dir).is_some() && device(data_dir) == device(&data)
         };
+        let linked =
+            |f: &anchises_backup::manifest::FileEntry| one_filesystem && links(store, f, data_dir);
         let to_stage = bytes_to_stage(
             &plan.files,
             continues.map(|id| self.root().join(id)).as_deref(),
