@@ -4,6 +4,7 @@
 #![deny(unsafe_code)]
 
 pub mod catalog;
+pub mod direct;
 pub mod error;
 pub mod files;
 pub mod index;

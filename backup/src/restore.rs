@@ -310,9 +310,72 @@ pub fn staged_path(staging: &Path, f: &FileEntry) -> PathBuf {
     staging.join(&f.keyspace).join(&f.table_dir).join(&f.name)
 }
 
-/// Whether `f` is already staged whole in `staging` (a rerun keeps it).
+/// Whether `f` is already staged whole in `staging` (a rerun keeps it):
+/// its size. [`stage`] also checks the hash of a file staged since the
+/// staging was last [`synced_marker`]-marked.
 pub fn is_staged(staging: &Path, f: &FileEntry) -> bool {
     std::fs::metadata(staged_path(staging, f)).is_ok_and(|m| m.len() == f.size)
+}
+
+/// The file beside `staging` whose presence says every file in `staging`
+/// reached the disk: [`stage`] writes its files without syncing each and
+/// syncs the filesystem once at the end, so after a machine crash a file
+/// staged before that may have its full size but not its content.
+pub fn synced_marker(staging: &Path) -> PathBuf {
+    let mut name = staging.as_os_str().to_owned();
+    name.push(".synced");
+    PathBuf::from(name)
+}
+
+/// Whether the staged copy of `f` is there and whole: its size, and when
+/// the staging is not known to be synced, its content hash.
+async fn kept(staging: &Path, f: &FileEntry, synced: bool) -> bool {
+    if !is_staged(staging, f) {
+        return false;
+    }
+    synced
+        || crate::upload::hash_file(&staged_path(staging, f))
+            .await
+            .is_ok_and(|(hash, size)| size == f.size && hash.eq_ignore_ascii_case(&f.hash))
+}
+
+/// Makes everything written under `staging` durable with one `syncfs` (a
+/// sync per file costs a disk cache flush each, which slows the other
+/// downloads' reads), then marks it so.
+async fn sync_staging(staging: PathBuf) -> Result<(), BackupError> {
+    tokio::task::spawn_blocking(move || {
+        let file_error = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| BackupError::File { path, source }
+        };
+        let dir = std::fs::File::open(&staging).map_err(file_error(&staging))?;
+        rustix::fs::syncfs(&dir)
+            .map_err(std::io::Error::from)
+            .map_err(file_error(&staging))?;
+        let marker = synced_marker(&staging);
+        std::fs::write(&marker, b"").map_err(file_error(&marker))
+    })
+    .await
+    .map_err(|e| BackupError::Internal(format!("sync thread: {e}")))?
+}
+
+/// Removes the [`synced_marker`] before files that are not yet synced join
+/// the staging, durably: a crash after that must not find it.
+fn unmark_synced(staging: &Path) -> Result<(), BackupError> {
+    let marker = synced_marker(staging);
+    let error = |source| BackupError::File {
+        path: marker.clone(),
+        source,
+    };
+    match std::fs::remove_file(&marker) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(error(e)),
+    }
+    let parent = marker.parent().unwrap_or(Path::new("."));
+    std::fs::File::open(parent)
+        .and_then(|d| d.sync_all())
+        .map_err(error)
 }
 
 /// How many files [`stage`] fetched now, and how many of those it
@@ -324,8 +387,9 @@ pub struct Fetched {
 }
 
 /// Downloads every file into `staging`, each checked against its size and
-/// hash before it gets its name, at most at the throttle's rate. Files
-/// already staged (a rerun) are kept.
+/// hash before it gets its name, at most at the throttle's rate, and syncs
+/// them all to disk once at the end. Files already staged (a rerun) are
+/// kept: by their size when the staging was synced, else by their hash.
 pub async fn stage(
     store: &ObjectStore,
     files: &[FileEntry],
@@ -339,11 +403,13 @@ pub async fn stage(
         check_entry(f)?;
     }
     progress.start_totals(files.len() as u64, files.iter().map(|f| f.size).sum());
+    let synced = synced_marker(staging).exists();
+    unmark_synced(staging)?;
     // Ok(None): staged already; Ok(Some(linked)): fetched now.
     let results: Vec<Result<Option<bool>, BackupError>> = futures::stream::iter(files.iter().cloned())
         .map(|f| async move {
             let dest = staged_path(staging, &f);
-            if is_staged(staging, &f) {
+            if kept(staging, &f, synced).await {
                 progress.bytes_done.fetch_add(f.size, Ordering::Relaxed);
                 progress.files_done.fetch_add(1, Ordering::Relaxed);
                 progress.files_reused.fetch_add(1, Ordering::Relaxed);
@@ -411,6 +477,7 @@ pub async fn stage(
     }
     match first_error {
         Some(e) => Err(e),
-        None => Ok(staged),
+        None if files.is_empty() => Ok(staged),
+        None => sync_staging(staging.to_path_buf()).await.map(|()| staged),
     }
 }

@@ -405,9 +405,9 @@ impl<W: Write> Write for CountingWriter<W> {
 pub async fn hash_file(path: &Path) -> Result<(String, u64), BackupError> {
     let source = path.to_path_buf();
     tokio::task::spawn_blocking(move || {
-        let mut file = std::fs::File::open(&source)?;
+        let mut reader = crate::direct::open_once(&source, CHUNK)?;
         let mut hasher = blake3::Hasher::new();
-        let size = io::copy(&mut file, &mut hasher)?;
+        let size = crate::direct::copy_buffered(&mut reader, &mut hasher)?;
         Ok::<_, io::Error>((hasher.finalize().to_hex().to_string(), size))
     })
     .await
@@ -617,9 +617,11 @@ pub fn may_link(compression: Compression, name: &str) -> bool {
 }
 
 /// Downloads an object, decompresses it, checks its size and hash, and (with
-/// `dest`) writes it there: through a temp file beside `dest`, synced and
-/// renamed only once it checked out, so `dest` is never half written or
-/// wrong. A mismatch is `Corrupt`; a failed download is the store's error.
+/// `dest`) writes it there: through a temp file beside `dest`, renamed only
+/// once it checked out, so `dest` is never half written or wrong while the
+/// machine runs. The file is not synced: the caller syncs its files together
+/// ([`stage`](crate::restore::stage) syncs the filesystem once at the end).
+/// A mismatch is `Corrupt`; a failed download is the store's error.
 ///
 /// A raw object of a local store on `dest`'s filesystem whose name Cassandra
 /// [`never_rewritten`] is hard-linked instead of copied: only read, to check
@@ -636,18 +638,20 @@ pub async fn fetch_object(
     let local = store.local_file(key);
     // A local store's file is read straight from the hashing thread; any
     // other object streams in through a pipe from the download task.
-    let (reader, download): (Box<dyn io::Read + Send>, _) = match &local {
+    // A local file is read around the page cache where its filesystem can.
+    let (reader, download): (Box<dyn io::BufRead + Send>, _) = match &local {
         Some(path) => {
-            let file =
-                std::fs::File::open(path).map_err(|e| StoreError::io("get", key.as_str(), e))?;
-            (Box::new(file), None)
+            let reader = crate::direct::open_once(path, CHUNK)
+                .map_err(|e| StoreError::io("get", key.as_str(), e))?;
+            (reader, None)
         }
         None => {
             let (mut write_end, read_end) = tokio::io::duplex(CHUNK);
             let store = store.clone();
             let key = key.clone();
             let task = tokio::spawn(async move { store.get_to_writer(&key, &mut write_end).await });
-            (Box::new(SyncIoBridge::new(read_end)), Some(task))
+            let reader = io::BufReader::with_capacity(CHUNK, SyncIoBridge::new(read_end));
+            (Box::new(reader), Some(task))
         }
     };
     let temp = dest.map(|d| {
@@ -686,16 +690,10 @@ pub async fn fetch_object(
             progress,
         };
         let read = match compression {
-            // Read in chunks, not io::copy's 8 KiB: fewer system calls, and
-            // the hash and the file get a whole chunk at a time.
-            Compression::None => io::copy(
-                &mut io::BufReader::with_capacity(CHUNK, &mut reader),
-                &mut out,
-            ),
-            Compression::Zstd => {
-                zstd::stream::Decoder::with_buffer(io::BufReader::new(&mut reader))
-                    .and_then(|mut decoder| io::copy(&mut decoder, &mut out))
-            }
+            // The hash and the file get a whole chunk at a time.
+            Compression::None => crate::direct::copy_buffered(&mut reader, &mut out),
+            Compression::Zstd => zstd::stream::Decoder::with_buffer(&mut reader)
+                .and_then(|mut decoder| io::copy(&mut decoder, &mut out)),
         };
         // Drain what is left, so that a bad object never shows up as a broken
         // download.
@@ -713,12 +711,10 @@ pub async fn fetch_object(
             )));
         }
         if let (Some(file), Some(t)) = (out.file, &temp_for_thread) {
-            let io_error = |source| BackupError::File {
+            file.into_inner().map_err(|e| BackupError::File {
                 path: t.clone(),
-                source,
-            };
-            let file = file.into_inner().map_err(|e| io_error(e.into_error()))?;
-            file.sync_all().map_err(io_error)?;
+                source: e.into_error(),
+            })?;
         }
         Ok(())
     });

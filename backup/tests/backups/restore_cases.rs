@@ -1,6 +1,8 @@
 use anchises_backup::files::Progress;
 use anchises_backup::manifest::{BackupId, Compression};
-use anchises_backup::restore::{links, plan_slot, stage, staged_path, Point, Selection, SlotPlan};
+use anchises_backup::restore::{
+    links, plan_slot, stage, staged_path, synced_marker, Point, Selection, SlotPlan,
+};
 use anchises_backup::upload::Throttle;
 use anchises_backup::{BackupError, ObjectStore};
 use time::OffsetDateTime;
@@ -227,12 +229,13 @@ pub async fn staging_verifies_every_file_and_resumes(store: ObjectStore) {
     node.write_sstable(T1, 1, 300_000);
     node.write_sstable(T2, 1, 300_000);
     let plan = backed_up_plan(&node, &store, "s").await;
-    let staging = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let staging = tmp.path().join("staging");
     let progress = Progress::default();
     let n = stage(
         &store,
         &plan.files,
-        staging.path(),
+        &staging,
         3,
         &Throttle::unlimited(),
         &progress,
@@ -245,7 +248,7 @@ pub async fn staging_verifies_every_file_and_resumes(store: ObjectStore) {
     // copied; nothing is linked from any other store.
     let mut linked = 0;
     for f in &plan.files {
-        let path = staged_path(staging.path(), f);
+        let path = staged_path(&staging, f);
         let staged = std::fs::read(&path).unwrap();
         let original = std::fs::read(
             node.table(if f.keyspace == "ks1" { T1 } else { T2 })
@@ -258,7 +261,7 @@ pub async fn staging_verifies_every_file_and_resumes(store: ObjectStore) {
         let should =
             object.is_some() && f.name.ends_with("-Data.db") && f.compression == Compression::None;
         assert_eq!(shares_inode, should, "{} ({:?})", f.name, f.compression);
-        assert_eq!(links(&store, f, staging.path()), should, "{}", f.name);
+        assert_eq!(links(&store, f, &staging), should, "{}", f.name);
         linked += u64::from(shares_inode);
     }
     assert_eq!(n.linked, linked);
@@ -270,11 +273,29 @@ pub async fn staging_verifies_every_file_and_resumes(store: ObjectStore) {
     }
     assert_eq!(progress.view().bytes_done, plan.bytes);
     // A rerun downloads only what is missing.
-    std::fs::remove_file(staged_path(staging.path(), &plan.files[0])).unwrap();
-    let again = stage_into(&store, &plan.files, staging.path())
-        .await
-        .unwrap();
+    std::fs::remove_file(staged_path(&staging, &plan.files[0])).unwrap();
+    let again = stage_into(&store, &plan.files, &staging).await.unwrap();
     assert_eq!(again.downloaded, 1);
+    // Staging ends synced to disk, and marked so.
+    let marker = synced_marker(&staging);
+    assert!(marker.exists());
+    // Without the mark a rerun checks the content of what it keeps: a file
+    // of the right size whose content never reached the disk is fetched
+    // again. (A copied file: a linked one shares the store's inode.)
+    let unsynced = plan
+        .files
+        .iter()
+        .find(|f| !links(&store, f, &staging))
+        .unwrap();
+    let path = staged_path(&staging, unsynced);
+    let good = std::fs::read(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(&path, vec![0u8; good.len()]).unwrap();
+    std::fs::remove_file(&marker).unwrap();
+    let again = stage_into(&store, &plan.files, &staging).await.unwrap();
+    assert_eq!(again.downloaded, 1);
+    assert_eq!(std::fs::read(&path).unwrap(), good);
+    assert!(marker.exists());
 
     // A corrupted object fails staging, naming the file, and leaves no file
     // under its name (nor a temp file beside it), copied or linked.
@@ -311,13 +332,12 @@ pub async fn staging_verifies_every_file_and_resumes(store: ObjectStore) {
         .find(|f| f.name.ends_with("Index.db"))
         .unwrap();
     let key = victim.object_key().unwrap();
-    let fresh = tempfile::tempdir().unwrap();
-    // A missing object too.
+    // A missing object too; a staging that fails is no longer marked synced.
     store.delete(&key).await.unwrap();
-    let err = stage_into(&store, &plan.files, fresh.path())
-        .await
-        .unwrap_err();
+    std::fs::remove_file(staged_path(&staging, victim)).unwrap();
+    let err = stage_into(&store, &plan.files, &staging).await.unwrap_err();
     assert!(err.to_string().contains("not found"), "{err}");
+    assert!(!marker.exists());
 }
 
 pub async fn a_manifest_entry_that_escapes_the_data_directory_is_refused(store: ObjectStore) {

@@ -1508,6 +1508,7 @@ pub async fn seed_from_backup(
     }
     std::fs::write(dir.join("done"), b"")?;
     let _ = std::fs::remove_dir_all(&staging);
+    let _ = std::fs::remove_file(anchises_backup::restore::synced_marker(&staging));
     tracing::info!(
         source = %source.label(),
         source_cluster = %source.cluster,
