@@ -336,46 +336,46 @@ async fn kept(staging: &Path, f: &FileEntry, synced: bool) -> bool {
     synced
         || crate::upload::hash_file(&staged_path(staging, f))
             .await
-            .is_ok_and(|(hash, size)| size == f.size && hash.eq_ignore_ascii_case(&f.hash))
+            .is_ok_and(|(hash, _)| hash.eq_ignore_ascii_case(&f.hash))
 }
 
-/// Makes everything written under `staging` durable with one `syncfs` (a
-/// sync per file costs a disk cache flush each, which slows the other
-/// downloads' reads), then marks it so.
+/// Makes everything written under `staging` durable with one `syncfs`
+/// rather than a sync (a disk cache flush) per file, then marks it so.
 async fn sync_staging(staging: PathBuf) -> Result<(), BackupError> {
     tokio::task::spawn_blocking(move || {
-        let file_error = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| BackupError::File { path, source }
-        };
-        let dir = std::fs::File::open(&staging).map_err(file_error(&staging))?;
-        rustix::fs::syncfs(&dir)
-            .map_err(std::io::Error::from)
-            .map_err(file_error(&staging))?;
+        std::fs::File::open(&staging)
+            .and_then(|dir| Ok(rustix::fs::syncfs(&dir)?))
+            .map_err(|source| BackupError::File {
+                path: staging.clone(),
+                source,
+            })?;
         let marker = synced_marker(&staging);
-        std::fs::write(&marker, b"").map_err(file_error(&marker))
+        std::fs::write(&marker, b"").map_err(|source| BackupError::File {
+            path: marker,
+            source,
+        })
     })
     .await
     .map_err(|e| BackupError::Internal(format!("sync thread: {e}")))?
 }
 
 /// Removes the [`synced_marker`] before files that are not yet synced join
-/// the staging, durably: a crash after that must not find it.
-fn unmark_synced(staging: &Path) -> Result<(), BackupError> {
+/// the staging, durably: a crash after that must not find it. Returns
+/// whether it was there.
+fn unmark_synced(staging: &Path) -> Result<bool, BackupError> {
     let marker = synced_marker(staging);
-    let error = |source| BackupError::File {
-        path: marker.clone(),
-        source,
+    let removed = match std::fs::remove_file(&marker) {
+        Ok(()) => {
+            let parent = marker.parent().unwrap_or(Path::new("."));
+            std::fs::File::open(parent).and_then(|d| d.sync_all())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => Err(e),
     };
-    match std::fs::remove_file(&marker) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(error(e)),
-    }
-    let parent = marker.parent().unwrap_or(Path::new("."));
-    std::fs::File::open(parent)
-        .and_then(|d| d.sync_all())
-        .map_err(error)
+    removed.map(|()| true).map_err(|source| BackupError::File {
+        path: marker,
+        source,
+    })
 }
 
 /// How many files [`stage`] fetched now, and how many of those it
@@ -403,8 +403,7 @@ pub async fn stage(
         check_entry(f)?;
     }
     progress.start_totals(files.len() as u64, files.iter().map(|f| f.size).sum());
-    let synced = synced_marker(staging).exists();
-    unmark_synced(staging)?;
+    let synced = unmark_synced(staging)?;
     // Ok(None): staged already; Ok(Some(linked)): fetched now.
     let results: Vec<Result<Option<bool>, BackupError>> = futures::stream::iter(files.iter().cloned())
         .map(|f| async move {

@@ -636,9 +636,9 @@ pub async fn fetch_object(
     progress: Option<Arc<AtomicU64>>,
 ) -> Result<bool, BackupError> {
     let local = store.local_file(key);
-    // A local store's file is read straight from the hashing thread; any
-    // other object streams in through a pipe from the download task.
-    // A local file is read around the page cache where its filesystem can.
+    // A local store's file is read straight from the hashing thread (around
+    // the page cache where its filesystem can); any other object streams in
+    // through a pipe from the download task.
     let (reader, download): (Box<dyn io::BufRead + Send>, _) = match &local {
         Some(path) => {
             let reader = crate::direct::open_once(path, CHUNK)
