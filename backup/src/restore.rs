@@ -404,8 +404,13 @@ pub async fn stage(
     }
     progress.start_totals(files.len() as u64, files.iter().map(|f| f.size).sum());
     let synced = unmark_synced(staging)?;
+    // Largest first, as a backup stores them: the longest reads start at
+    // once and the small files fill in beside them, rather than one large
+    // file being read alone at the end.
+    let mut order: Vec<&FileEntry> = files.iter().collect();
+    order.sort_by_key(|f| std::cmp::Reverse(f.size));
     // Ok(None): staged already; Ok(Some(linked)): fetched now.
-    let results: Vec<Result<Option<bool>, BackupError>> = futures::stream::iter(files.iter().cloned())
+    let results: Vec<Result<Option<bool>, BackupError>> = futures::stream::iter(order.into_iter().cloned())
         .map(|f| async move {
             let dest = staged_path(staging, &f);
             if kept(staging, &f, synced).await {
