@@ -5,7 +5,7 @@
 //! than the hash itself.
 
 use std::fs::File;
-use std::io::{self, BufRead, Read};
+use std::io::{self, BufRead, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
@@ -13,13 +13,15 @@ use std::path::Path;
 /// that `O_DIRECT` asks for: the largest logical block size in use.
 const ALIGN: usize = 4096;
 
-/// The most one read asks for: large reads keep the disk busy without the
-/// kernel's readahead, and bound the memory of each file being read.
-const MAX_BUFFER: usize = 4 * 1024 * 1024;
+/// The most one read or write asks for: large reads keep the disk busy
+/// without the kernel's readahead, and bound the memory of each file.
+pub const MAX_BUFFER: usize = 4 * 1024 * 1024;
 
 /// A file read with `O_DIRECT` in aligned chunks of up to [`MAX_BUFFER`].
 pub struct DirectReader {
     file: File,
+    /// The file's size when it was opened.
+    len: u64,
     /// `ALIGN` bytes more than the chunk, so that an aligned chunk fits.
     buffer: Vec<u8>,
     start: usize,
@@ -30,9 +32,11 @@ pub struct DirectReader {
 }
 
 impl DirectReader {
-    /// Opens `path` for direct reads, or `None` where the filesystem does
-    /// not take `O_DIRECT` (then read it the usual way).
-    pub fn open(path: &Path) -> io::Result<Option<Self>> {
+    /// Opens `path` for direct reads of up to `capacity` bytes (rounded up
+    /// to the alignment, at most [`MAX_BUFFER`], no more than the file
+    /// needs), or `None` where the filesystem does not take `O_DIRECT`
+    /// (then read it the usual way).
+    pub fn open(path: &Path, capacity: usize) -> io::Result<Option<Self>> {
         let file = match std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
@@ -44,12 +48,18 @@ impl DirectReader {
             }
             Err(e) => return Err(e),
         };
-        let len = usize::try_from(file.metadata()?.len()).unwrap_or(usize::MAX);
-        let size = len.div_ceil(ALIGN).clamp(1, MAX_BUFFER / ALIGN) * ALIGN;
+        let len = file.metadata()?.len();
+        let size = usize::try_from(len)
+            .unwrap_or(usize::MAX)
+            .min(capacity)
+            .div_ceil(ALIGN)
+            .clamp(1, MAX_BUFFER / ALIGN)
+            * ALIGN;
         let buffer = vec![0u8; size + ALIGN];
         let start = buffer.as_ptr().align_offset(ALIGN);
         Ok(Some(Self {
             file,
+            len,
             buffer,
             start,
             size,
@@ -105,12 +115,150 @@ impl Read for DirectReader {
     }
 }
 
+/// A new file written with `O_DIRECT` from an aligned buffer of up to
+/// [`MAX_BUFFER`]: each full buffer goes to the disk as one write; the
+/// tail is written padded to the alignment, then the file is cut to its
+/// length.
+pub struct DirectWriter {
+    file: File,
+    buffer: Vec<u8>,
+    start: usize,
+    size: usize,
+    filled: usize,
+    written: u64,
+}
+
+impl DirectWriter {
+    /// Creates (or truncates) `path` for direct writes, or `None` where the
+    /// filesystem does not take `O_DIRECT`. `capacity` is rounded up to the
+    /// alignment and held to [`MAX_BUFFER`].
+    pub fn create(path: &Path, capacity: usize) -> io::Result<Option<Self>> {
+        let file = match std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
+            .open(path)
+        {
+            Ok(f) => f,
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
+                // A file `open` made before refusing the flag is truncated
+                // by the buffered fallback.
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        let size = capacity.div_ceil(ALIGN).clamp(1, MAX_BUFFER / ALIGN) * ALIGN;
+        let buffer = vec![0u8; size + ALIGN];
+        let start = buffer.as_ptr().align_offset(ALIGN);
+        Ok(Some(Self {
+            file,
+            buffer,
+            start,
+            size,
+            filled: 0,
+            written: 0,
+        }))
+    }
+
+    /// Writes the first `len` bytes of the buffer, a multiple of the
+    /// alignment.
+    fn write_buffer(&mut self, len: usize) -> io::Result<()> {
+        self.file
+            .write_all(&self.buffer[self.start..self.start + len])?;
+        self.written += len as u64;
+        Ok(())
+    }
+
+    /// Writes what is left and gives the file back at its exact length (not
+    /// synced).
+    pub fn finish(mut self) -> io::Result<File> {
+        let tail = self.filled;
+        if tail > 0 {
+            let padded = tail.div_ceil(ALIGN) * ALIGN;
+            self.buffer[self.start + tail..self.start + padded].fill(0);
+            self.write_buffer(padded)?;
+            self.written -= (padded - tail) as u64;
+            self.file.set_len(self.written)?;
+        }
+        Ok(self.file)
+    }
+}
+
+impl Write for DirectWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = data.len().min(self.size - self.filled);
+        let at = self.start + self.filled;
+        self.buffer[at..at + n].copy_from_slice(&data[..n]);
+        self.filled += n;
+        if self.filled == self.size {
+            self.write_buffer(self.size)?;
+            self.filled = 0;
+        }
+        Ok(n)
+    }
+
+    /// Only whole aligned buffers can go before [`DirectWriter::finish`].
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A new file written once: around the page cache where its filesystem
+/// can ([`DirectWriter`]), else through a buffer.
+pub enum OnceWriter {
+    Direct(DirectWriter),
+    Buffered(io::BufWriter<File>),
+}
+
+impl OnceWriter {
+    /// Creates (or truncates) `path`, with a buffer of `capacity` bytes.
+    pub fn create(path: &Path, capacity: usize) -> io::Result<Self> {
+        Ok(match DirectWriter::create(path, capacity)? {
+            Some(direct) => Self::Direct(direct),
+            None => Self::Buffered(io::BufWriter::with_capacity(capacity, File::create(path)?)),
+        })
+    }
+
+    /// Writes what is buffered and gives the file back (not synced).
+    pub fn finish(self) -> io::Result<File> {
+        match self {
+            Self::Direct(direct) => direct.finish(),
+            Self::Buffered(buffered) => buffered.into_inner().map_err(|e| e.into_error()),
+        }
+    }
+}
+
+impl Write for OnceWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        match self {
+            Self::Direct(direct) => direct.write(data),
+            Self::Buffered(buffered) => buffered.write(data),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Self::Direct(direct) => direct.flush(),
+            Self::Buffered(buffered) => buffered.flush(),
+        }
+    }
+}
+
 /// `path` to read once, around the page cache where its filesystem can,
-/// else through a buffer of `capacity` bytes.
-pub fn open_once(path: &Path, capacity: usize) -> io::Result<Box<dyn BufRead + Send>> {
-    Ok(match DirectReader::open(path)? {
-        Some(direct) => Box::new(direct),
-        None => Box::new(io::BufReader::with_capacity(capacity, File::open(path)?)),
+/// `capacity` bytes at a time; with the size the file had when it was
+/// opened.
+pub fn open_once(path: &Path, capacity: usize) -> io::Result<(Box<dyn BufRead + Send>, u64)> {
+    Ok(match DirectReader::open(path, capacity)? {
+        Some(direct) => {
+            let len = direct.len;
+            (Box::new(direct), len)
+        }
+        None => {
+            let file = File::open(path)?;
+            let len = file.metadata()?.len();
+            (Box::new(io::BufReader::with_capacity(capacity, file)), len)
+        }
     })
 }
 
@@ -137,8 +285,9 @@ pub fn copy_buffered(reader: &mut dyn BufRead, out: &mut dyn io::Write) -> io::R
 mod tests {
     use super::*;
 
-    /// Sizes around the alignment and the chunk read back whole, through
-    /// both the buffered and the plain interface.
+    /// Sizes around the alignment and the chunk read back whole, in chunks
+    /// of one block and of the largest size, through both the buffered and
+    /// the plain interface.
     #[test]
     fn reads_files_of_any_size_whole() {
         // On the repository's filesystem: a tmpfs before Linux 6.6 has no
@@ -157,16 +306,53 @@ mod tests {
             let data: Vec<u8> = (0..size).map(|i| (i * 7 + i / 4099) as u8).collect();
             let path = dir.path().join(format!("f{size}"));
             std::fs::write(&path, &data).unwrap();
-            let mut reader = DirectReader::open(&path)
+            for capacity in [ALIGN, MAX_BUFFER] {
+                let mut reader = DirectReader::open(&path, capacity)
+                    .unwrap()
+                    .expect("this filesystem takes O_DIRECT");
+                let mut back = Vec::new();
+                assert_eq!(copy_buffered(&mut reader, &mut back).unwrap(), size as u64);
+                assert!(back == data, "size {size}, capacity {capacity}");
+                let mut reader = DirectReader::open(&path, capacity).unwrap().unwrap();
+                let mut back = Vec::new();
+                reader.read_to_end(&mut back).unwrap();
+                assert!(
+                    back == data,
+                    "size {size}, capacity {capacity}, read_to_end"
+                );
+            }
+        }
+    }
+
+    /// Files of every size around the alignment and the buffer, written in
+    /// pieces of odd sizes, hold exactly what was written (no padding), also
+    /// over a longer file of the same name.
+    #[test]
+    fn writes_files_of_any_size_exactly() {
+        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        let path = dir.path().join("out");
+        std::fs::write(&path, vec![0xAA; 3 * MAX_BUFFER]).unwrap();
+        for size in [
+            0,
+            1,
+            ALIGN - 1,
+            ALIGN,
+            ALIGN + 1,
+            MAX_BUFFER - 1,
+            MAX_BUFFER,
+            2 * MAX_BUFFER + 12345,
+        ] {
+            let data: Vec<u8> = (0..size).map(|i| (i * 13 + i / 4093) as u8).collect();
+            let mut writer = DirectWriter::create(&path, MAX_BUFFER)
                 .unwrap()
                 .expect("this filesystem takes O_DIRECT");
-            let mut back = Vec::new();
-            assert_eq!(copy_buffered(&mut reader, &mut back).unwrap(), size as u64);
-            assert!(back == data, "size {size}");
-            let mut reader = DirectReader::open(&path).unwrap().unwrap();
-            let mut back = Vec::new();
-            reader.read_to_end(&mut back).unwrap();
-            assert!(back == data, "size {size}, read_to_end");
+            for piece in data.chunks(777_777) {
+                writer.write_all(piece).unwrap();
+            }
+            let file = writer.finish().unwrap();
+            assert_eq!(file.metadata().unwrap().len(), size as u64);
+            drop(file);
+            assert!(std::fs::read(&path).unwrap() == data, "size {size}");
         }
     }
 }

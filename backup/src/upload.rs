@@ -9,8 +9,8 @@
 //! object the store may have received is never named by a manifest.
 
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
-use std::path::{Path, PathBuf};
+use std::io::{self, Write};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -27,6 +27,14 @@ use crate::store::{LocalPut, ObjectKey, ObjectStore, StoreError};
 
 /// Bytes handed from the reader thread to the upload at a time.
 const CHUNK: usize = 256 * 1024;
+
+/// The buffer of an object written to a filesystem store: each full one is
+/// one write to the disk.
+const WRITE_BUFFER: usize = 1024 * 1024;
+
+/// Each read of a file going to S3, whose pace the network sets: the
+/// largest reads ([`crate::direct::MAX_BUFFER`]) are for disk-to-disk work.
+const STREAM_READ: usize = 1024 * 1024;
 /// Chunks buffered between the reader thread and the upload.
 const CHANNEL: usize = 4;
 
@@ -185,10 +193,18 @@ async fn upload_ranges(
     let hashing = {
         // A handle on the same open file: the parts read at offsets and never
         // move its cursor, which the hash thread alone reads from.
-        let hashed = file.try_clone().map_err(file_error)?;
+        let hashed = io::BufReader::with_capacity(CHUNK, file.try_clone().map_err(file_error)?);
         let (source, stop) = (path.to_path_buf(), stop.0.clone());
         tokio::task::spawn_blocking(move || {
-            read_from(&source, hashed, Compression::None, 0, StopSink(stop), None)
+            let reader = Box::new(hashed);
+            read_from(
+                &source,
+                (reader, size),
+                Compression::None,
+                0,
+                StopSink(stop),
+                None,
+            )
         })
     };
     // Bytes each part's latest attempt counted, by offset.
@@ -348,15 +364,22 @@ async fn upload_local(
     let source = path.to_path_buf();
     let key = local.key().to_string();
     let written = tokio::task::spawn_blocking(move || {
-        let file = local.create().map_err(|e| (true, e))?;
+        let file = local.create(WRITE_BUFFER).map_err(|e| (true, e))?;
         let out = CountingWriter {
-            inner: io::BufWriter::with_capacity(CHUNK, file),
+            inner: file,
             count: 0,
         };
-        let read = read_into(&source, compression, zstd_level, out, progress.as_deref());
+        let read = read_into(
+            &source,
+            crate::direct::MAX_BUFFER,
+            compression,
+            zstd_level,
+            out,
+            progress.as_deref(),
+        );
         let committed = read.map_err(|e| (false, e)).and_then(|(hash, size, out)| {
             let stored = out.count;
-            let file = out.inner.into_inner().map_err(|e| (true, e.into_error()))?;
+            let file = out.inner.finish().map_err(|e| (true, e))?;
             local.commit(file).map_err(|e| (true, e))?;
             Ok((hash, size, stored))
         });
@@ -405,7 +428,7 @@ impl<W: Write> Write for CountingWriter<W> {
 pub async fn hash_file(path: &Path) -> Result<(String, u64), BackupError> {
     let source = path.to_path_buf();
     tokio::task::spawn_blocking(move || {
-        let mut reader = crate::direct::open_once(&source, CHUNK)?;
+        let (mut reader, _) = crate::direct::open_once(&source, crate::direct::MAX_BUFFER)?;
         let mut hasher = blake3::Hasher::new();
         let size = crate::direct::copy_buffered(&mut reader, &mut hasher)?;
         Ok::<_, io::Error>((hasher.finalize().to_hex().to_string(), size))
@@ -420,7 +443,7 @@ pub async fn hash_file(path: &Path) -> Result<(String, u64), BackupError> {
 
 /// The blocking half: read, hash, maybe compress, send chunks (throttled).
 fn read_file(
-    path: &PathBuf,
+    path: &Path,
     compression: Compression,
     zstd_level: i32,
     tx: mpsc::Sender<io::Result<Bytes>>,
@@ -433,7 +456,7 @@ fn read_file(
         buffer: BytesMut::new(),
         sent: 0,
     };
-    let result = read_into(path, compression, zstd_level, sink, progress);
+    let result = read_into(path, STREAM_READ, compression, zstd_level, sink, progress);
     if let Err(e) = &result {
         // Fail the upload too, so that the store never completes the object.
         let _ = tx.blocking_send(Err(io::Error::new(e.kind(), e.to_string())));
@@ -441,30 +464,32 @@ fn read_file(
     result.map(|(hash, size, sink)| (hash, size, sink.sent))
 }
 
-/// Reads `path`, hashing it, into `sink` (through zstd or not); gives the
-/// sink back once everything is written.
+/// Reads `path`, `read_size` bytes at a time, hashing it, into `sink`
+/// (through zstd or not); gives the sink back once everything is written.
 fn read_into<W: Write>(
-    path: &PathBuf,
+    path: &Path,
+    read_size: usize,
     compression: Compression,
     zstd_level: i32,
     sink: W,
     progress: Option<&AtomicU64>,
 ) -> io::Result<(blake3::Hash, u64, W)> {
-    let file = std::fs::File::open(path)?;
-    read_from(path, file, compression, zstd_level, sink, progress)
+    // Around the page cache where the filesystem can: a backup reads each
+    // file once, and should not push the node's hot pages out.
+    let opened = crate::direct::open_once(path, read_size)?;
+    read_from(path, opened, compression, zstd_level, sink, progress)
 }
 
-/// [`read_into`] from `file`, opened at `path` and read from where its
-/// cursor is (its start).
+/// [`read_into`] from a reader of the file at `path` (from its start), with
+/// the size the file had when it was opened.
 fn read_from<W: Write>(
     path: &Path,
-    mut file: std::fs::File,
+    (mut reader, expected): (Box<dyn io::BufRead + Send>, u64),
     compression: Compression,
     zstd_level: i32,
     sink: W,
     progress: Option<&AtomicU64>,
 ) -> io::Result<(blake3::Hash, u64, W)> {
-    let expected = file.metadata()?.len();
     let mut hasher = blake3::Hasher::new();
     let mut out = match compression {
         Compression::Zstd => {
@@ -479,13 +504,14 @@ fn read_from<W: Write>(
     };
     let mut total = 0u64;
     loop {
-        let mut chunk = BytesMut::zeroed(CHUNK);
-        let n = read_full(&mut file, &mut chunk)?;
-        if n == 0 {
-            break;
-        }
-        chunk.truncate(n);
-        hasher.update(&chunk);
+        let chunk = match reader.fill_buf() {
+            Ok([]) => break,
+            Ok(chunk) => chunk,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        let n = chunk.len();
+        hasher.update(chunk);
         total += n as u64;
         if total > expected {
             break;
@@ -494,9 +520,10 @@ fn read_from<W: Write>(
             p.fetch_add(n as u64, Ordering::Relaxed);
         }
         match &mut out {
-            Out::Zstd(encoder) => encoder.write_all(&chunk)?,
-            Out::Raw(sink) => sink.write_all(&chunk)?,
+            Out::Zstd(encoder) => encoder.write_all(chunk)?,
+            Out::Raw(sink) => sink.write_all(chunk)?,
         }
+        reader.consume(n);
     }
     // Checked before zstd ends the frame (it would refuse a size other than
     // the pledged one with a less helpful message).
@@ -516,20 +543,6 @@ fn read_from<W: Write>(
         return Err(io::Error::other("changed while being read"));
     }
     Ok((hasher.finalize(), total, sink))
-}
-
-/// Reads until `buf` is full or the file ends.
-fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match file.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
 }
 
 /// Where read bytes go: straight to the sink, or through zstd.
@@ -563,6 +576,8 @@ impl ChunkSink<'_> {
 
 impl Write for ChunkSink<'_> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        // At most a chunk per message, however much the reader holds.
+        let data = &data[..data.len().min(CHUNK - self.buffer.len())];
         self.buffer.extend_from_slice(data);
         if self.buffer.len() >= CHUNK {
             let chunk = self.buffer.split().freeze();
@@ -641,7 +656,7 @@ pub async fn fetch_object(
     // through a pipe from the download task.
     let (reader, download): (Box<dyn io::BufRead + Send>, _) = match &local {
         Some(path) => {
-            let reader = crate::direct::open_once(path, CHUNK)
+            let (reader, _) = crate::direct::open_once(path, crate::direct::MAX_BUFFER)
                 .map_err(|e| StoreError::io("get", key.as_str(), e))?;
             (reader, None)
         }

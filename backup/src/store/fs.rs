@@ -287,9 +287,11 @@ impl LocalPut {
         &self.key
     }
 
-    /// The temp file to write.
-    pub fn create(&self) -> std::io::Result<std::fs::File> {
-        std::fs::File::create(&self.temp)
+    /// The temp file to write, around the page cache where the filesystem
+    /// can (an object is written once and read rarely), through a buffer of
+    /// `capacity` bytes.
+    pub fn create(&self, capacity: usize) -> std::io::Result<crate::direct::OnceWriter> {
+        crate::direct::OnceWriter::create(&self.temp, capacity)
     }
 
     /// Makes the written temp file the object.
