@@ -17,6 +17,30 @@ const ALIGN: usize = 4096;
 /// without the kernel's readahead, and bound the memory of each file.
 pub const MAX_BUFFER: usize = 4 * 1024 * 1024;
 
+/// Opens `path` with `options` and `O_DIRECT`, or `None` where the
+/// filesystem does not take that flag.
+fn open_direct(options: &mut std::fs::OpenOptions, path: &Path) -> io::Result<Option<File>> {
+    match options
+        .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
+        .open(path)
+    {
+        Ok(file) => Ok(Some(file)),
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// A buffer holding an aligned chunk of `bytes` rounded up to the
+/// alignment (one block to [`MAX_BUFFER`]): the buffer, where the chunk
+/// starts in it, and the chunk's size.
+fn aligned_buffer(bytes: usize) -> (Vec<u8>, usize, usize) {
+    let size = bytes.div_ceil(ALIGN).clamp(1, MAX_BUFFER / ALIGN) * ALIGN;
+    // `ALIGN` bytes more than the chunk, so that an aligned chunk fits.
+    let buffer = vec![0u8; size + ALIGN];
+    let start = buffer.as_ptr().align_offset(ALIGN);
+    (buffer, start, size)
+}
+
 /// A file read with `O_DIRECT` in aligned chunks of up to [`MAX_BUFFER`].
 pub struct DirectReader {
     file: File,
@@ -37,26 +61,12 @@ impl DirectReader {
     /// needs), or `None` where the filesystem does not take `O_DIRECT`
     /// (then read it the usual way).
     pub fn open(path: &Path, capacity: usize) -> io::Result<Option<Self>> {
-        let file = match std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
-            .open(path)
-        {
-            Ok(f) => f,
-            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
-                return Ok(None)
-            }
-            Err(e) => return Err(e),
+        let Some(file) = open_direct(std::fs::OpenOptions::new().read(true), path)? else {
+            return Ok(None);
         };
         let len = file.metadata()?.len();
-        let size = usize::try_from(len)
-            .unwrap_or(usize::MAX)
-            .min(capacity)
-            .div_ceil(ALIGN)
-            .clamp(1, MAX_BUFFER / ALIGN)
-            * ALIGN;
-        let buffer = vec![0u8; size + ALIGN];
-        let start = buffer.as_ptr().align_offset(ALIGN);
+        let (buffer, start, size) =
+            aligned_buffer(usize::try_from(len).unwrap_or(usize::MAX).min(capacity));
         Ok(Some(Self {
             file,
             len,
@@ -133,24 +143,14 @@ impl DirectWriter {
     /// filesystem does not take `O_DIRECT`. `capacity` is rounded up to the
     /// alignment and held to [`MAX_BUFFER`].
     pub fn create(path: &Path, capacity: usize) -> io::Result<Option<Self>> {
-        let file = match std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
-            .open(path)
-        {
-            Ok(f) => f,
-            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
-                // A file `open` made before refusing the flag is truncated
-                // by the buffered fallback.
-                return Ok(None);
-            }
-            Err(e) => return Err(e),
+        // A file `open` made before refusing the flag is truncated by the
+        // buffered fallback.
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        let Some(file) = open_direct(&mut options, path)? else {
+            return Ok(None);
         };
-        let size = capacity.div_ceil(ALIGN).clamp(1, MAX_BUFFER / ALIGN) * ALIGN;
-        let buffer = vec![0u8; size + ALIGN];
-        let start = buffer.as_ptr().align_offset(ALIGN);
+        let (buffer, start, size) = aligned_buffer(capacity);
         Ok(Some(Self {
             file,
             buffer,
@@ -285,6 +285,23 @@ pub fn copy_buffered(reader: &mut dyn BufRead, out: &mut dyn io::Write) -> io::R
 mod tests {
     use super::*;
 
+    /// File sizes around the alignment and the largest chunk.
+    const SIZES: [usize; 8] = [
+        0,
+        1,
+        ALIGN - 1,
+        ALIGN,
+        ALIGN + 1,
+        MAX_BUFFER - 1,
+        MAX_BUFFER,
+        2 * MAX_BUFFER + 12345,
+    ];
+
+    /// Bytes that differ from one block to the next.
+    fn pattern(size: usize) -> Vec<u8> {
+        (0..size).map(|i| (i * 7 + i / 4099) as u8).collect()
+    }
+
     /// Sizes around the alignment and the chunk read back whole, in chunks
     /// of one block and of the largest size, through both the buffered and
     /// the plain interface.
@@ -293,17 +310,8 @@ mod tests {
         // On the repository's filesystem: a tmpfs before Linux 6.6 has no
         // O_DIRECT.
         let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
-        for size in [
-            0,
-            1,
-            ALIGN - 1,
-            ALIGN,
-            ALIGN + 1,
-            MAX_BUFFER - 1,
-            MAX_BUFFER,
-            2 * MAX_BUFFER + 12345,
-        ] {
-            let data: Vec<u8> = (0..size).map(|i| (i * 7 + i / 4099) as u8).collect();
+        for size in SIZES {
+            let data = pattern(size);
             let path = dir.path().join(format!("f{size}"));
             std::fs::write(&path, &data).unwrap();
             for capacity in [ALIGN, MAX_BUFFER] {
@@ -325,24 +333,15 @@ mod tests {
     }
 
     /// Files of every size around the alignment and the buffer, written in
-    /// pieces of odd sizes, hold exactly what was written (no padding), also
-    /// over a longer file of the same name.
+    /// pieces of odd sizes over a longer file of the same name, hold exactly
+    /// what was written (no padding, nothing of the old file).
     #[test]
     fn writes_files_of_any_size_exactly() {
         let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
         let path = dir.path().join("out");
-        std::fs::write(&path, vec![0xAA; 3 * MAX_BUFFER]).unwrap();
-        for size in [
-            0,
-            1,
-            ALIGN - 1,
-            ALIGN,
-            ALIGN + 1,
-            MAX_BUFFER - 1,
-            MAX_BUFFER,
-            2 * MAX_BUFFER + 12345,
-        ] {
-            let data: Vec<u8> = (0..size).map(|i| (i * 13 + i / 4093) as u8).collect();
+        for size in SIZES {
+            std::fs::write(&path, vec![0xAA; 3 * MAX_BUFFER]).unwrap();
+            let data = pattern(size);
             let mut writer = DirectWriter::create(&path, MAX_BUFFER)
                 .unwrap()
                 .expect("this filesystem takes O_DIRECT");
