@@ -428,18 +428,12 @@ pub async fn stage(
                 source,
             })?;
             let key = f.object_key()?;
-            // The throttle may hold a large file back for minutes: a cancel
-            // must not wait for it.
-            tokio::select! {
-                _ = throttle.consume(f.size as usize) => {}
-                _ = cancel.cancelled() => return Err(BackupError::Cancelled),
-            }
             let mut attempt = 0;
             let linked = loop {
                 attempt += 1;
                 let counter = progress.track();
                 let result = tokio::select! {
-                    r = fetch_object(store, &key, f.compression, f.size, &f.hash, Some(&dest), Some(counter.clone())) => r,
+                    r = fetch_object(store, &key, &f, Some(&dest), Some(counter.clone()), throttle) => r,
                     _ = cancel.cancelled() => Err(BackupError::Cancelled),
                 };
                 progress.untrack(&counter, result.is_ok());

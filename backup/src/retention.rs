@@ -204,7 +204,7 @@ pub async fn verify_files(
                         "object {key} has {} bytes, the manifest says {}",
                         meta.size, f.stored_size
                     )),
-                    Ok(_) if deep => check_object(&store, &key, f.compression, f.size, &f.hash)
+                    Ok(_) if deep => check_object(&store, &key, &f)
                         .await
                         .err()
                         .map(|e| format!("object {key}: {e}")),

@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use crate::error::BackupError;
-use crate::manifest::Compression;
+use crate::manifest::{Compression, FileEntry};
 use crate::store::{LocalPut, ObjectKey, ObjectStore, StoreError};
 
 /// Bytes handed from the reader thread to the upload at a time.
@@ -595,17 +595,15 @@ impl Write for ChunkSink<'_> {
     }
 }
 
-/// Downloads an object and checks it against a file entry's size and hash,
+/// Downloads an object and checks it against its file entry's size and hash,
 /// streaming (deep verification): nothing is written to disk and memory stays
 /// at a few chunks whatever the object's size.
 pub async fn check_object(
     store: &ObjectStore,
     key: &ObjectKey,
-    compression: Compression,
-    size: u64,
-    hash: &str,
+    entry: &FileEntry,
 ) -> Result<(), String> {
-    fetch_object(store, key, compression, size, hash, None, None)
+    fetch_object(store, key, entry, None, None, &Throttle::unlimited())
         .await
         .map(drop)
         .map_err(|e| match e {
@@ -636,7 +634,9 @@ pub fn may_link(compression: Compression, name: &str) -> bool {
 /// once it checked out, so `dest` is never half written or wrong while the
 /// machine runs. The file is not synced: the caller syncs its files together
 /// ([`stage`](crate::restore::stage) syncs the filesystem once at the end).
-/// A mismatch is `Corrupt`; a failed download is the store's error.
+/// A mismatch is `Corrupt`; a failed download is the store's error. The
+/// throttle paces the object's bytes as they are checked, a chunk at a
+/// time (not the whole object before it starts).
 ///
 /// A raw object of a local store on `dest`'s filesystem whose name Cassandra
 /// [`never_rewritten`] is hard-linked instead of copied: only read, to check
@@ -644,12 +644,12 @@ pub fn may_link(compression: Compression, name: &str) -> bool {
 pub async fn fetch_object(
     store: &ObjectStore,
     key: &ObjectKey,
-    compression: Compression,
-    size: u64,
-    hash: &str,
+    entry: &FileEntry,
     dest: Option<&Path>,
     progress: Option<Arc<AtomicU64>>,
+    throttle: &Throttle,
 ) -> Result<bool, BackupError> {
+    let (compression, size) = (entry.compression, entry.size);
     let local = store.local_file(key);
     // A local store's file is read straight from the hashing thread (around
     // the page cache where its filesystem can); any other object streams in
@@ -683,10 +683,13 @@ pub async fn fetch_object(
         }
         _ => false,
     };
-    let expected = hash.to_string();
+    let expected = entry.hash.clone();
     // A linked object is only hashed: its data is the store's, synced when
     // the store wrote it.
     let temp_for_thread = temp.clone().filter(|_| !linked);
+    let throttle = throttle.clone();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let _stop_on_drop = stop.clone().drop_guard();
     let checked = tokio::task::spawn_blocking(move || -> Result<(), BackupError> {
         let mut reader = reader;
         let file = match &temp_for_thread {
@@ -703,6 +706,8 @@ pub async fn fetch_object(
             hasher: blake3::Hasher::new(),
             file,
             progress,
+            throttle,
+            stop,
         };
         let read = match compression {
             // The hash and the file get a whole chunk at a time.
@@ -765,6 +770,9 @@ struct HashingWriter {
     hasher: blake3::Hasher,
     file: Option<io::BufWriter<std::fs::File>>,
     progress: Option<Arc<AtomicU64>>,
+    throttle: Throttle,
+    /// Cancelled once the fetch is dropped: a throttled wait ends then.
+    stop: tokio_util::sync::CancellationToken,
 }
 
 impl Write for HashingWriter {
@@ -776,6 +784,21 @@ impl Write for HashingWriter {
         self.hasher.update(&data[..n]);
         if let Some(p) = &self.progress {
             p.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        // This is a blocking thread; the limiter's timer needs no runtime.
+        // A slow throttle holds a chunk for long: a dropped fetch (a
+        // cancelled restore) must not wait for it.
+        let paced = futures::executor::block_on(async {
+            tokio::select! {
+                () = self.throttle.consume(n) => true,
+                () = self.stop.cancelled() => false,
+            }
+        });
+        if !paced {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the fetch stopped",
+            ));
         }
         Ok(n)
     }
