@@ -135,6 +135,7 @@ pub struct DirectWriter {
     start: usize,
     size: usize,
     filled: usize,
+    /// Bytes of the full buffers written so far.
     written: u64,
 }
 
@@ -165,9 +166,7 @@ impl DirectWriter {
     /// alignment.
     fn write_buffer(&mut self, len: usize) -> io::Result<()> {
         self.file
-            .write_all(&self.buffer[self.start..self.start + len])?;
-        self.written += len as u64;
-        Ok(())
+            .write_all(&self.buffer[self.start..self.start + len])
     }
 
     /// Writes what is left and gives the file back at its exact length (not
@@ -178,8 +177,7 @@ impl DirectWriter {
             let padded = tail.div_ceil(ALIGN) * ALIGN;
             self.buffer[self.start + tail..self.start + padded].fill(0);
             self.write_buffer(padded)?;
-            self.written -= (padded - tail) as u64;
-            self.file.set_len(self.written)?;
+            self.file.set_len(self.written + tail as u64)?;
         }
         Ok(self.file)
     }
@@ -193,6 +191,7 @@ impl Write for DirectWriter {
         self.filled += n;
         if self.filled == self.size {
             self.write_buffer(self.size)?;
+            self.written += self.size as u64;
             self.filled = 0;
         }
         Ok(n)

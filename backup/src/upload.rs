@@ -65,6 +65,32 @@ impl Throttle {
             limiter.consume(bytes).await;
         }
     }
+
+    /// [`Throttle::consume`] on a blocking thread (the limiter's timer needs
+    /// no runtime), ended early by `stop`: returns false if it was. A slow
+    /// limit can hold a chunk for long, and a stopped transfer must not
+    /// wait for it.
+    pub fn consume_blocking(
+        &self,
+        bytes: usize,
+        stop: Option<&tokio_util::sync::CancellationToken>,
+    ) -> bool {
+        let Some(limiter) = &self.0 else {
+            return true;
+        };
+        futures::executor::block_on(async {
+            match stop {
+                Some(stop) => tokio::select! {
+                    () = limiter.consume(bytes) => true,
+                    () = stop.cancelled() => false,
+                },
+                None => {
+                    limiter.consume(bytes).await;
+                    true
+                }
+            }
+        })
+    }
 }
 
 impl std::fmt::Debug for Throttle {
@@ -565,8 +591,7 @@ impl ChunkSink<'_> {
         if chunk.is_empty() {
             return Ok(());
         }
-        // This is a blocking thread; the limiter's timer needs no runtime.
-        futures::executor::block_on(self.throttle.consume(chunk.len()));
+        self.throttle.consume_blocking(chunk.len(), None);
         self.sent += chunk.len() as u64;
         self.tx
             .blocking_send(Ok(chunk))
@@ -785,16 +810,7 @@ impl Write for HashingWriter {
         if let Some(p) = &self.progress {
             p.fetch_add(n as u64, Ordering::Relaxed);
         }
-        // This is a blocking thread; the limiter's timer needs no runtime.
-        // A slow throttle holds a chunk for long: a dropped fetch (a
-        // cancelled restore) must not wait for it.
-        let paced = futures::executor::block_on(async {
-            tokio::select! {
-                () = self.throttle.consume(n) => true,
-                () = self.stop.cancelled() => false,
-            }
-        });
-        if !paced {
+        if !self.throttle.consume_blocking(n, Some(&self.stop)) {
             return Err(io::Error::new(
                 io::ErrorKind::BrokenPipe,
                 "the fetch stopped",
