@@ -8,8 +8,10 @@
 //!   threshold);
 //! - 8 MiB objects from memory (the benchmark's ceiling, not a backup's shape).
 //!
-//! Each shape runs on a fresh single-threaded moto, alternating over the rounds; the
-//! figure is moto's CPU time (user + system) per GB, and the wall time.
+//! Each shape runs on a fresh moto, alternating over the rounds, on both servers the
+//! backup benchmark uses: one that serves a request at a time (as the tests run it)
+//! and one with a thread per request (as `moto_server` ships). The figures are the
+//! wall time and moto's CPU time (user + system) per GB.
 //!
 //! Run: `cargo run --release -p anchises-integration --example bench_moto [ROUNDS]`
 
@@ -54,8 +56,12 @@ async fn store_on(moto: &MotoServer, multipart: bool) -> ObjectStore {
 }
 
 /// Uploads the files in `shape`; returns (seconds, moto CPU seconds).
-async fn run(shape: usize, paths: &[PathBuf]) -> (f64, f64) {
-    let moto = MotoServer::start();
+async fn run(shape: usize, threaded: bool, paths: &[PathBuf]) -> (f64, f64) {
+    let moto = if threaded {
+        MotoServer::start_threaded()
+    } else {
+        MotoServer::start()
+    };
     let store = store_on(&moto, shape == 2).await;
     let small = bytes::Bytes::from(std::fs::read(&paths[0]).expect("read")[..SMALL].to_vec());
     let cpu_before = moto.cpu_seconds();
@@ -121,33 +127,37 @@ async fn main() {
     let dir = test_root().join("bench-moto");
     let paths = files(&dir);
     let gb = (FILES * FILE_SIZE) as f64 / 1e9;
-    let mut figures = vec![Vec::new(); SHAPES.len()];
+    let servers = [(false, "one request at a time"), (true, "threaded")];
+    let mut figures = vec![Vec::new(); SHAPES.len() * servers.len()];
     for round in 0..rounds {
-        for k in 0..SHAPES.len() {
-            // Alternate the order, so that no shape always runs first.
-            let shape = if round % 2 == 0 {
+        for k in 0..figures.len() {
+            // Alternate the order, so that no run always comes first.
+            let run_no = if round % 2 == 0 {
                 k
             } else {
-                SHAPES.len() - 1 - k
+                figures.len() - 1 - k
             };
-            let (seconds, cpu) = run(shape, &paths).await;
+            let (shape, (threaded, server)) =
+                (run_no % SHAPES.len(), servers[run_no / SHAPES.len()]);
+            let (seconds, cpu) = run(shape, threaded, &paths).await;
             println!(
-                "round {round}: {:<42} {seconds:5.1} s, moto CPU {cpu:5.1} s",
+                "round {round}: {:<42} {server:<21} {seconds:5.1} s, moto CPU {cpu:5.1} s",
                 SHAPES[shape]
             );
-            figures[shape].push((seconds, cpu));
+            figures[run_no].push((seconds, cpu));
         }
     }
     println!("\n{gb:.2} GB per run, mean of {rounds}:");
-    println!("| upload shape | seconds | MB/s | moto CPU s per GB |");
-    println!("|---|---:|---:|---:|");
-    for (shape, runs) in figures.iter().enumerate() {
+    println!("| upload shape | moto | seconds | MB/s | moto CPU s per GB |");
+    println!("|---|---|---:|---:|---:|");
+    for (run_no, runs) in figures.iter().enumerate() {
         let n = runs.len() as f64;
         let seconds = runs.iter().map(|r| r.0).sum::<f64>() / n;
         let cpu = runs.iter().map(|r| r.1).sum::<f64>() / n;
         println!(
-            "| {} | {seconds:.1} | {:.1} | {:.1} |",
-            SHAPES[shape],
+            "| {} | {} | {seconds:.1} | {:.1} | {:.1} |",
+            SHAPES[run_no % SHAPES.len()],
+            servers[run_no / SHAPES.len()].1,
             gb * 1e3 / seconds,
             cpu / gb
         );
