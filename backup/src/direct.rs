@@ -1,11 +1,13 @@
-//! Reading a local file around the page cache (`O_DIRECT`), for files read
-//! once to be checked: a restore hashes every object of a filesystem store,
-//! gigabytes that would otherwise push Cassandra's hot pages out of the
-//! cache, and the kernel's work to fill and drop those pages costs more CPU
-//! than the hash itself.
+//! Reading and writing local files around the page cache (`O_DIRECT`), for
+//! files read or written once: a backup reads every SSTable and writes a
+//! filesystem store's objects, a restore hashes every object, gigabytes that
+//! would otherwise push Cassandra's hot pages out of the cache, and the
+//! kernel's work to fill and drop those pages costs more CPU than the hash
+//! itself.
 
 use std::fs::File;
 use std::io::{self, BufRead, Read, Write};
+use std::ops::{Deref, DerefMut};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
@@ -30,15 +32,41 @@ fn open_direct(options: &mut std::fs::OpenOptions, path: &Path) -> io::Result<Op
     }
 }
 
-/// A buffer holding an aligned chunk of `bytes` rounded up to the
-/// alignment (one block to [`MAX_BUFFER`]): the buffer, where the chunk
-/// starts in it, and the chunk's size.
-fn aligned_buffer(bytes: usize) -> (Vec<u8>, usize, usize) {
-    let size = bytes.div_ceil(ALIGN).clamp(1, MAX_BUFFER / ALIGN) * ALIGN;
-    // `ALIGN` bytes more than the chunk, so that an aligned chunk fits.
-    let buffer = vec![0u8; size + ALIGN];
-    let start = buffer.as_ptr().align_offset(ALIGN);
-    (buffer, start, size)
+/// An aligned chunk of memory whose size is a multiple of the alignment,
+/// the bytes a direct read or write moves; derefs to the chunk.
+struct AlignedBuffer {
+    /// `ALIGN` bytes more than the chunk, so that an aligned chunk fits.
+    memory: Vec<u8>,
+    start: usize,
+    size: usize,
+}
+
+impl AlignedBuffer {
+    /// `bytes` rounded up to the alignment, one block to [`MAX_BUFFER`].
+    fn new(bytes: usize) -> Self {
+        let size = bytes.div_ceil(ALIGN).clamp(1, MAX_BUFFER / ALIGN) * ALIGN;
+        let memory = vec![0u8; size + ALIGN];
+        let start = memory.as_ptr().align_offset(ALIGN);
+        Self {
+            memory,
+            start,
+            size,
+        }
+    }
+}
+
+impl Deref for AlignedBuffer {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.memory[self.start..self.start + self.size]
+    }
+}
+
+impl DerefMut for AlignedBuffer {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.memory[self.start..self.start + self.size]
+    }
 }
 
 /// A file read with `O_DIRECT` in aligned chunks of up to [`MAX_BUFFER`].
@@ -46,10 +74,7 @@ pub struct DirectReader {
     file: File,
     /// The file's size when it was opened.
     len: u64,
-    /// `ALIGN` bytes more than the chunk, so that an aligned chunk fits.
-    buffer: Vec<u8>,
-    start: usize,
-    size: usize,
+    buffer: AlignedBuffer,
     pos: usize,
     filled: usize,
     eof: bool,
@@ -65,14 +90,11 @@ impl DirectReader {
             return Ok(None);
         };
         let len = file.metadata()?.len();
-        let (buffer, start, size) =
-            aligned_buffer(usize::try_from(len).unwrap_or(usize::MAX).min(capacity));
+        let buffer = AlignedBuffer::new(usize::try_from(len).unwrap_or(usize::MAX).min(capacity));
         Ok(Some(Self {
             file,
             len,
             buffer,
-            start,
-            size,
             pos: 0,
             filled: 0,
             eof: false,
@@ -83,7 +105,7 @@ impl DirectReader {
 impl BufRead for DirectReader {
     fn fill_buf(&mut self) -> io::Result<&[u8]> {
         if self.pos == self.filled && !self.eof {
-            let chunk = &mut self.buffer[self.start..self.start + self.size];
+            let chunk = &mut *self.buffer;
             let mut filled = 0;
             // Reads go on at aligned offsets into the aligned rest of the
             // chunk; a read that ends off the alignment ends the file.
@@ -107,7 +129,7 @@ impl BufRead for DirectReader {
             self.pos = 0;
             self.filled = filled;
         }
-        Ok(&self.buffer[self.start + self.pos..self.start + self.filled])
+        Ok(&self.buffer[self.pos..self.filled])
     }
 
     fn consume(&mut self, amount: usize) {
@@ -131,9 +153,7 @@ impl Read for DirectReader {
 /// length.
 pub struct DirectWriter {
     file: File,
-    buffer: Vec<u8>,
-    start: usize,
-    size: usize,
+    buffer: AlignedBuffer,
     filled: usize,
     /// Bytes of the full buffers written so far.
     written: u64,
@@ -151,22 +171,12 @@ impl DirectWriter {
         let Some(file) = open_direct(&mut options, path)? else {
             return Ok(None);
         };
-        let (buffer, start, size) = aligned_buffer(capacity);
         Ok(Some(Self {
             file,
-            buffer,
-            start,
-            size,
+            buffer: AlignedBuffer::new(capacity),
             filled: 0,
             written: 0,
         }))
-    }
-
-    /// Writes the first `len` bytes of the buffer, a multiple of the
-    /// alignment.
-    fn write_buffer(&mut self, len: usize) -> io::Result<()> {
-        self.file
-            .write_all(&self.buffer[self.start..self.start + len])
     }
 
     /// Writes what is left and gives the file back at its exact length (not
@@ -175,8 +185,8 @@ impl DirectWriter {
         let tail = self.filled;
         if tail > 0 {
             let padded = tail.div_ceil(ALIGN) * ALIGN;
-            self.buffer[self.start + tail..self.start + padded].fill(0);
-            self.write_buffer(padded)?;
+            self.buffer[tail..padded].fill(0);
+            self.file.write_all(&self.buffer[..padded])?;
             self.file.set_len(self.written + tail as u64)?;
         }
         Ok(self.file)
@@ -185,13 +195,12 @@ impl DirectWriter {
 
 impl Write for DirectWriter {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let n = data.len().min(self.size - self.filled);
-        let at = self.start + self.filled;
-        self.buffer[at..at + n].copy_from_slice(&data[..n]);
+        let n = data.len().min(self.buffer.len() - self.filled);
+        self.buffer[self.filled..self.filled + n].copy_from_slice(&data[..n]);
         self.filled += n;
-        if self.filled == self.size {
-            self.write_buffer(self.size)?;
-            self.written += self.size as u64;
+        if self.filled == self.buffer.len() {
+            self.file.write_all(&self.buffer)?;
+            self.written += self.buffer.len() as u64;
             self.filled = 0;
         }
         Ok(n)

@@ -222,10 +222,9 @@ async fn upload_ranges(
         let hashed = io::BufReader::with_capacity(CHUNK, file.try_clone().map_err(file_error)?);
         let (source, stop) = (path.to_path_buf(), stop.0.clone());
         tokio::task::spawn_blocking(move || {
-            let reader = Box::new(hashed);
             read_from(
                 &source,
-                (reader, size),
+                (Box::new(hashed), size),
                 Compression::None,
                 0,
                 StopSink(stop),
